@@ -1,0 +1,72 @@
+"""Each framework's model against the shared arithmetic: shapes and parameter counts."""
+import numpy as np
+import pytest
+
+from common.arch import CONFIGS, count_parameters, layer_shapes, make_spec
+
+RATIOS = (1, 4, 8)
+SIZES = (32, 64, 96, 224)
+IO = {"fashion": dict(in_channels=1, num_classes=10), "imagenet": dict(in_channels=3, num_classes=1000)}
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_shapes_and_counts_match_arithmetic(fw, arch):
+    """Every configuration x {1x.../10, 3x.../1000} x ratios x input sizes."""
+    for io in IO.values():
+        for ratio in RATIOS:
+            for size in SIZES:
+                kw = dict(io, width_ratio=ratio, image_size=size)
+                spec = make_spec(arch, **kw)
+                net = fw.abstract(arch, **kw)
+                where = f"{fw.name} {arch} {kw}"
+                assert fw.shapes(net) == layer_shapes(spec), where
+                assert fw.count(net) == count_parameters(spec), where
+
+
+@pytest.mark.parametrize("arch,expected", [("vgg11", 132_863_336), ("vgg13", 133_047_848), ("vgg16", 138_357_544),
+                                           ("vgg19", 143_667_240), ("vgg11_bn", 132_868_840), ("vgg16_bn", 138_365_992)])
+def test_counts_match_torchvision_published(fw, arch, expected):
+    assert fw.count(fw.abstract(arch, in_channels=3, num_classes=1000))[0] == expected
+
+
+def test_seed_tuples_build_vgg11(fw):
+    seed = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
+    assert fw.count(fw.abstract(seed, width_ratio=4)) == fw.count(fw.abstract("vgg11", width_ratio=4))
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_real_forward_gives_finite_logits(fw, arch):
+    """Not only shapes: every configuration computes, at the smallest size and width."""
+    x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
+    out = fw.logits(arch, x, width_ratio=8, scale_classifier=True, image_size=32)
+    assert out.shape == (2, 10) and np.isfinite(out).all() and out.std() > 0
+
+
+@pytest.mark.parametrize("init", ["xavier", "kaiming"])
+def test_initialisation_distribution(fw, init):
+    """The same distributions in all three: Xavier-uniform, bound sqrt(6 / (fan_in + fan_out)); or
+    Kaiming-normal fan-out, std sqrt(2 / fan_out), with N(0, 0.01) dense layers. Zero biases."""
+    params = fw.params("vgg11", init=init, width_ratio=4, image_size=32)
+    conv_w = next(v for k, v in params.items() if k.startswith("block2.conv1.") and v.ndim == 4)  # 16 -> 32, 3x3
+    fc_w = next(v for k, v in params.items() if k.startswith("fc2.") and v.ndim == 2)  # 4096 -> 4096
+    biases = [v for k, v in params.items() if k.endswith(".bias")]
+    assert len(biases) == 8 + 3 and all((b == 0).all() for b in biases)
+    conv_fan_in, conv_fan_out = 16 * 9, 32 * 9
+    if init == "xavier":
+        for w, fan_in, fan_out in ((conv_w, conv_fan_in, conv_fan_out), (fc_w, 4096, 4096)):
+            bound = np.sqrt(6 / (fan_in + fan_out))
+            assert bound * 0.98 < np.abs(w).max() <= bound
+            assert np.isclose(w.std(), bound / np.sqrt(3), rtol=0.05)
+    else:
+        assert np.isclose(conv_w.std(), np.sqrt(2 / conv_fan_out), rtol=0.05)
+        assert np.abs(conv_w).max() > 3 * np.sqrt(2 / conv_fan_out)  # not truncated at 2 std
+        assert np.isclose(fc_w.std(), 0.01, rtol=0.02)
+
+
+def test_parameter_names_follow_one_scheme(fw):
+    """block{i}.conv{j}.*, block{i}.bn{j}.*, fc{k}.*: a weight converter is a rename plus a transpose."""
+    params = fw.params("vgg11_bn", width_ratio=8, image_size=32)
+    layers = sorted({k.rsplit(".", 1)[0] for k in params})
+    expected = sorted([f"block{i}.{kind}{j}" for i, n in zip(range(1, 6), (1, 1, 2, 2, 2))
+                       for j in range(1, n + 1) for kind in ("conv", "bn")] + ["fc1", "fc2", "fc3"])
+    assert layers == expected

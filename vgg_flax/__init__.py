@@ -1,0 +1,1 @@
+"""VGG in Flax NNX."""

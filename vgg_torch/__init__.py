@@ -1,0 +1,1 @@
+"""VGG in PyTorch."""
