@@ -185,6 +185,9 @@ def download(dest_dir, *, mirrors=None, checksums=None, progress=True, retries=3
                             '\n'.join(dict.fromkeys(errors)) + f'\n{_where_to_put(dest)}')
 
 
+_download = download  # load_fashion_mnist's `download` flag shadows the function's name
+
+
 def load_fashion_mnist(data_dir=None, *, download=True, allow_sample=True, progress=True) -> FashionMNIST:
     """Find Fashion-MNIST: data_dir, else $FASHION_MNIST_DIR (either must hold good files: an
     explicit folder is never silently replaced), else the user cache (downloaded or repaired there
@@ -201,7 +204,7 @@ def load_fashion_mnist(data_dir=None, *, download=True, allow_sample=True, progr
             problem = f'the cached copy is unusable: {e}'
     if download:
         try:
-            globals()['download'](cache, progress=progress)  # the flag shadows the function
+            _download(cache, progress=progress)
             return _load_dir(cache, 'full')
         except DataError as e:
             problem = f'Fashion-MNIST could not be downloaded: {e}'
