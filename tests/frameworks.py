@@ -8,6 +8,28 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.weights import expected_canonical
+
+
+def random_canonical(spec, seed=0) -> dict[str, np.ndarray]:
+    """Canonical weights drawn so that a misplaced tensor shows: He-uniform kernels (the signal
+    keeps its scale through 19 layers, so the logits depend on the input), non-zero biases,
+    batch-norm scales and shifts away from 1 and 0, running statistics away from 0 and 1."""
+    rng, out = np.random.default_rng(seed), {}
+    for name, shape in expected_canonical(spec).items():
+        kind = name.rsplit(".", 1)[1]
+        if kind == "weight" and len(shape) > 1:
+            bound = np.sqrt(6 / np.prod(shape[1:]))
+            x = rng.uniform(-bound, bound, shape)
+        elif kind == "weight":  # batch-norm scale
+            x = rng.uniform(0.5, 1.5, shape)
+        elif kind == "running_var":
+            x = rng.uniform(0.5, 2.0, shape)
+        else:  # biases, batch-norm shifts, running means
+            x = rng.normal(0.0, 0.05, shape)
+        out[name] = x.astype(np.float32)
+    return out
+
 
 class Torch:
     name = "torch"
@@ -37,6 +59,39 @@ class Torch:
     def params(self, arch, **kw):
         self.torch.manual_seed(0)
         return {k: v.numpy() for k, v in self.m.vgg(arch, **kw).state_dict().items()}
+
+    # --- real models and the weight converter (tests/test_equivalence.py, tests/test_weights.py)
+
+    def build(self, spec):
+        return self.m.vgg(spec)
+
+    @property
+    def weights(self):
+        import vgg_torch.weights as w
+        return w
+
+    def infer(self, net, x_nchw):
+        net.eval()
+        with self.torch.no_grad():
+            return net(self.torch.from_numpy(x_nchw)).numpy()
+
+    def _loss(self, net, x_nchw, y):
+        net.train()  # batch norm on batch statistics; the tests set dropout to 0
+        return self.torch.nn.functional.cross_entropy(net(self.torch.from_numpy(x_nchw)), self.torch.from_numpy(y))
+
+    def loss_grads(self, net, x_nchw, y):
+        """(mean softmax cross-entropy, canonical gradients) of one batch in training mode."""
+        net.zero_grad()
+        loss = self._loss(net, x_nchw, y)
+        loss.backward()
+        return loss.item(), {k: p.grad.numpy().copy() for k, p in net.named_parameters()}
+
+    def sgd_step(self, net, x_nchw, y, lr):
+        """One step of the framework's own plain SGD."""
+        opt = self.torch.optim.SGD(net.parameters(), lr=lr)
+        opt.zero_grad()
+        self._loss(net, x_nchw, y).backward()
+        opt.step()
 
 
 class Gluon:
@@ -68,6 +123,37 @@ class Gluon:
         net.initialize(ctx=self.mx.cpu())
         return {k: p.data().asnumpy() for k, p in net._collect_params_with_prefix().items()}
 
+    def build(self, spec):
+        net = self.m.vgg(spec)
+        net.initialize(ctx=self.mx.cpu())
+        net.hybridize()
+        return net
+
+    @property
+    def weights(self):
+        import vgg_gluon.weights as w
+        return w
+
+    def infer(self, net, x_nchw):
+        return net(self.mx.nd.array(x_nchw)).asnumpy()  # outside autograd.record(): inference mode
+
+    def loss_grads(self, net, x_nchw, y):
+        from mxnet import autograd, gluon
+        with autograd.record(train_mode=True):
+            loss = gluon.loss.SoftmaxCrossEntropyLoss()(net(self.mx.nd.array(x_nchw)), self.mx.nd.array(y)).mean()
+        loss.backward()
+        grads = {self.weights._canonical_name(k): p.grad().asnumpy()
+                 for k, p in net._collect_params_with_prefix().items() if p.grad_req != "null"}
+        return float(loss.asscalar()), grads
+
+    def sgd_step(self, net, x_nchw, y, lr):
+        from mxnet import autograd, gluon
+        trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
+        with autograd.record(train_mode=True):
+            loss = gluon.loss.SoftmaxCrossEntropyLoss()(net(self.mx.nd.array(x_nchw)), self.mx.nd.array(y))
+        loss.backward()
+        trainer.step(len(y))  # the Gluon idiom: summed per-example losses, the trainer divides by the batch
+
 
 class Flax:
     name = "flax"
@@ -95,6 +181,35 @@ class Flax:
     def params(self, arch, **kw):
         state = self.nnx.state(self.m.vgg(arch, **kw), (self.nnx.Param, self.nnx.BatchStat))
         return {".".join(map(str, k)): np.asarray(v.value) for k, v in self.nnx.to_flat_state(state)}
+
+    def build(self, spec):
+        return self.m.vgg(spec)
+
+    @property
+    def weights(self):
+        import vgg_flax.weights as w
+        return w
+
+    def infer(self, model, x_nchw):
+        model.eval()
+        return np.asarray(model(np.transpose(x_nchw, (0, 2, 3, 1))))
+
+    def _value_and_grad(self, model, x_nchw, y):
+        import optax
+        x = np.transpose(x_nchw, (0, 2, 3, 1))
+        model.train()  # batch norm on batch statistics; the tests set dropout to 0
+        loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+        return self.nnx.value_and_grad(loss_fn)(model)
+
+    def loss_grads(self, model, x_nchw, y):
+        loss, grads = self._value_and_grad(model, x_nchw, y)
+        return float(loss), self.weights._canonical_from_state(grads, model.spec)
+
+    def sgd_step(self, model, x_nchw, y, lr):
+        import optax
+        opt = self.nnx.Optimizer(model, optax.sgd(lr), wrt=self.nnx.Param)
+        _, grads = self._value_and_grad(model, x_nchw, y)
+        opt.update(model, grads)
 
 
 ADAPTERS = {"torch": Torch, "gluon": Gluon, "flax": Flax}

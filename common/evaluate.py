@@ -1,0 +1,52 @@
+"""`python -m vgg_{torch,gluon,flax}.evaluate --weights FILE.safetensors`: the Fashion-MNIST test
+accuracy of canonical weights (common.weights), whichever framework wrote them.
+
+The flags, the checks and the report are defined once here; each framework's evaluate.py
+supplies `load_model(spec, tensors, device)` and `accuracy(net, loader, device)`.
+No framework is imported here.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .cli import fail
+from .data import DataError, Loader, load_fashion_mnist
+from .weights import WeightsError, read_spec
+
+
+def evaluate_main(prog: str, argv, *, framework: str, pick_device, load_model, accuracy) -> float:
+    p = argparse.ArgumentParser(prog=f"python -m {prog}",
+                                description=f"Test accuracy on Fashion-MNIST, in {framework}, of weights saved by any of the three frameworks.")
+    p.add_argument("--weights", required=True, metavar="FILE.safetensors",
+                   help="canonical weights with their spec in the metadata (vgg_X.weights.save)")
+    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files (default: $FASHION_MNIST_DIR, "
+                                      "the cache, a download, else the bundled sample)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: the GPU when one is visible")
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        fail(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        spec, tensors, metadata = read_spec(args.weights)
+    except WeightsError as e:
+        fail(str(e))
+    h, w = spec.image_size
+    if (spec.in_channels, spec.num_classes) != (1, 10) or h != w:
+        fail(f"{args.weights} holds a model for {spec.in_channels}x{h}x{w} inputs and {spec.num_classes} classes; "
+             "Fashion-MNIST evaluation needs 1 channel, 10 classes and a square input")
+    try:
+        data = load_fashion_mnist(args.data_dir)
+    except DataError as e:
+        fail(str(e))
+    device = pick_device(args.device)
+    net = load_model(spec, tensors, device)
+    # the file says how its model saw images in training; the default is the loader's 0-1 scale
+    normalize = metadata.get("normalize", "false").lower() in ("true", "1")
+    loader = Loader(data.test_images, data.test_labels, batch_size=args.batch_size, resize=h, shuffle=False,
+                    normalize=normalize)
+    acc = accuracy(net, loader, device)
+    print(f"{framework} on {device}: {spec.name} ({h}x{h} px{', normalised' if normalize else ''}) "
+          f"from {args.weights} (saved by {metadata.get('framework', 'unknown')})")
+    print(data.describe())
+    print(f"test accuracy {acc:.4f} ({round(acc * len(data.test_labels)):,} / {len(data.test_labels):,})")
+    return acc

@@ -1,0 +1,151 @@
+"""The neutral weight format: one file that PyTorch, Gluon and Flax all read and write.
+
+Canonical = the project's parameter names with PyTorch's names and layouts:
+
+    block{i}.conv{j}.weight   (out, in, kH, kW)     block{i}.conv{j}.bias   (out,)
+    block{i}.bn{j}.weight / .bias / .running_mean / .running_var   (channels,)
+    fc{k}.weight              (out, in)             fc{k}.bias              (out,)
+
+with the columns of fc1.weight in (C, H, W) order, the order in which an NCHW
+feature map flattens. Stored as safetensors (float32), with the spec in the
+metadata so that a file alone rebuilds its model. Each framework's weights.py
+holds its own rename and transposes; this file imports no framework.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from .arch import Block, VGGSpec
+
+FORMAT = "vgg-three-ways/1"
+
+
+class WeightsError(ValueError):
+    """Weights that do not fit, or a file that is not ours; the message says what and where."""
+
+
+def expected_canonical(spec: VGGSpec) -> dict[str, tuple[int, ...]]:
+    """Every canonical tensor of `spec` and its shape, in network order, by plain arithmetic."""
+    out, cin = {}, spec.in_channels
+    for i, b in enumerate(spec.blocks, 1):
+        c = b.out_channels
+        for j, k in enumerate(b.kernel_sizes, 1):
+            out[f"block{i}.conv{j}.weight"], out[f"block{i}.conv{j}.bias"] = (c, cin, k, k), (c,)
+            if spec.batch_norm:
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    out[f"block{i}.bn{j}.{name}"] = (c,)
+            cin = c
+    h = spec.hidden_units
+    for k, (n_out, n_in) in enumerate(((h, spec.flat_features), (h, h), (spec.num_classes, h)), 1):
+        out[f"fc{k}.weight"], out[f"fc{k}.bias"] = (n_out, n_in), (n_out,)
+    return out
+
+
+_ORDER = re.compile(r"block(\d+)\.(conv|bn)(\d+)\.(\w+)$|fc(\d+)\.(\w+)$")
+_KINDS = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3}
+
+
+def _network_order(name: str):
+    """Sort key: block by block, conv j before bn j before conv j+1, then the dense layers."""
+    m = _ORDER.match(name)
+    if not m:
+        return (2, 0, 0, 0, name)  # not a canonical name at all: after everything else
+    if m[1]:
+        return (0, int(m[1]), int(m[3]), m[2] == "bn", _KINDS.get(m[4], 9), name)
+    return (1, int(m[5]), 0, 0, _KINDS.get(m[6], 9), name)
+
+
+def check_compatible(expected: dict, got: dict, what: str = "the model") -> None:
+    """Raise WeightsError at the first tensor, in network order, that is missing, extra or of another shape.
+
+    `expected` maps names to shapes; `got` maps names to arrays or shapes."""
+    shapes = {k: tuple(getattr(v, "shape", v)) for k, v in got.items()}
+    bad = [n for n in sorted(expected.keys() | shapes.keys(), key=_network_order)
+           if n not in expected or n not in shapes or tuple(expected[n]) != shapes[n]]
+    if not bad:
+        return
+    n = bad[0]
+    layer = n.rsplit(".", 1)[0]
+    if n not in shapes:
+        why = f"{n} {tuple(expected[n])} is missing from the weights"
+    elif n not in expected:
+        why = f"the weights have {n} {shapes[n]}, which {what} does not"
+    else:
+        why = f"{n} is {shapes[n]} in the weights but {tuple(expected[n])} in {what}"
+    more = {1: "", 2: " (1 more tensor differs after it)"}.get(len(bad), f" ({len(bad) - 1} more tensors differ after it)")
+    raise WeightsError(f"weights do not fit {what}: the first layer that differs is {layer}: {why}{more}. "
+                       "Were they saved from another configuration (arch, width ratio, image size, batch norm, classes)?")
+
+
+# --- the spec in the file's metadata ----------------------------------------
+
+
+def spec_metadata(spec: VGGSpec, **extra: str) -> dict[str, str]:
+    """Metadata for save_weights: the spec (enough to rebuild the model) plus free-form strings
+    (e.g. framework='torch'). safetensors metadata is str -> str, so the spec travels as JSON."""
+    fields = dict(name=spec.name, blocks=[[b.out_channels, list(b.kernel_sizes)] for b in spec.blocks],
+                  in_channels=spec.in_channels, num_classes=spec.num_classes, image_size=list(spec.image_size),
+                  hidden_units=spec.hidden_units, dropout=spec.dropout, batch_norm=spec.batch_norm, lrn=spec.lrn)
+    return {"format": FORMAT, "spec": json.dumps(fields), **{k: str(v) for k, v in extra.items()}}
+
+
+def spec_from_metadata(metadata: dict[str, str]) -> VGGSpec:
+    try:
+        f = json.loads(metadata["spec"])
+        return VGGSpec(f["name"], tuple(Block(c, tuple(ks)) for c, ks in f["blocks"]), f["in_channels"],
+                       f["num_classes"], tuple(f["image_size"]), f["hidden_units"], f["dropout"],
+                       f["batch_norm"], f["lrn"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"the file's metadata holds no usable VGG spec ({type(e).__name__}: {e}); "
+                           f"was it written by this project's save()?") from None
+
+
+# --- the file ---------------------------------------------------------------
+
+
+def save_weights(path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write float32 tensors and metadata as safetensors, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        save_file(arrays, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_weights(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors in network order, metadata) of a file written by save_weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    try:
+        with safe_open(path, framework="np") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+    return {k: tensors[k] for k in sorted(tensors, key=_network_order)}, metadata
+
+
+def read_spec(path) -> tuple[VGGSpec, dict[str, np.ndarray], dict[str, str]]:
+    """(spec, tensors, metadata) of a file, the tensors already checked against the spec."""
+    tensors, metadata = load_weights(path)
+    if metadata.get("format") != FORMAT:
+        raise WeightsError(f"{path}: not a {FORMAT} weights file (metadata format is {metadata.get('format')!r}); "
+                           "write one with vgg_torch/vgg_gluon/vgg_flax .weights.save()")
+    spec = spec_from_metadata(metadata)
+    check_compatible(expected_canonical(spec), tensors, f"the spec in its own metadata ({spec.name})")
+    return spec, tensors, metadata

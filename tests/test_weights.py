@@ -1,0 +1,193 @@
+"""The canonical weight format: names and shapes, files, the compatibility check and its
+messages, the torchvision mapping, and the `vgg_X.evaluate` commands."""
+import os
+import re
+from math import prod
+
+import numpy as np
+import pytest
+
+from common.arch import CONFIGS, SEED_CONV_ARCH, count_parameters, make_spec
+from common.data import SAMPLE_DIR
+from common.weights import (WeightsError, check_compatible, expected_canonical, load_weights, read_spec,
+                            save_weights, spec_from_metadata, spec_metadata)
+from frameworks import random_canonical
+
+TINY = dict(width_ratio=8, scale_classifier=True, image_size=32)
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_expected_canonical_adds_up_to_the_parameter_count(arch):
+    """Two pieces of arithmetic that share no code: every tensor's size sums to params + buffers."""
+    for kw in (dict(in_channels=3, num_classes=1000), dict(TINY, image_size=(64, 96))):
+        spec = make_spec(arch, **kw)
+        assert sum(prod(s) for s in expected_canonical(spec).values()) == sum(count_parameters(spec))
+
+
+def test_canonical_names_shapes_and_order_in_every_framework(fw):
+    """Each framework's to_canonical gives exactly the expected names and shapes, in network order."""
+    for arch in ("vgg11_bn", "vgg16_c"):
+        spec = make_spec(arch, **TINY)
+        got = fw.weights.to_canonical(fw.build(spec))
+        expected = expected_canonical(spec)
+        assert list(got) == list(expected), f"{fw.name} {arch}"
+        assert {k: v.shape for k, v in got.items()} == expected and all(v.dtype == np.float32 for v in got.values())
+    assert list(expected)[:6] == ["block1.conv1.weight", "block1.conv1.bias", "block1.conv2.weight",
+                                  "block1.conv2.bias", "block2.conv1.weight", "block2.conv1.bias"]
+
+
+def test_save_and_load_in_every_framework(fw, tmp_path):
+    """save() writes the canonical tensors and the spec; load() into a fresh model gives them back."""
+    spec = make_spec("vgg11_bn", **TINY)
+    tensors = random_canonical(spec)
+    path = tmp_path / "w.safetensors"
+    fw.weights.save(fw.weights.from_canonical(fw.build(spec), tensors), path)
+    assert sorted(os.listdir(tmp_path)) == ["w.safetensors"]  # no temp file left behind
+    got, metadata = load_weights(path)
+    assert metadata["framework"] == fw.name and spec_from_metadata(metadata) == spec
+    assert all(np.array_equal(got[k], tensors[k]) for k in tensors) and list(got) == list(tensors)
+    back = fw.weights.to_canonical(fw.weights.load(fw.build(spec), path))
+    assert all(np.array_equal(back[k], tensors[k]) for k in tensors)
+
+
+@pytest.mark.parametrize("arch,kw", [("vgg11", dict(width_ratio=8, scale_classifier=True)),
+                                     ("vgg16_c", dict(in_channels=3, num_classes=1000, width_ratio=16, image_size=32)),
+                                     ("vgg11_lrn", dict(image_size=(64, 96), dropout=0.1)),
+                                     ("vgg19_bn", dict(width_ratio=4, scale_classifier=True)),
+                                     (SEED_CONV_ARCH, dict(width_ratio=4, image_size=96))])
+def test_metadata_rebuilds_the_same_spec(tmp_path, arch, kw):
+    spec = make_spec(arch, **kw)
+    shapes = expected_canonical(spec)
+    path = tmp_path / "w.safetensors"
+    save_weights(path, {k: np.zeros(s, np.float32) for k, s in shapes.items()}, spec_metadata(spec, note="x"))
+    got_spec, tensors, metadata = read_spec(path)
+    assert got_spec == spec and metadata["note"] == "x" and list(tensors) == list(shapes)
+
+
+# --- the compatibility check: the first layer that differs, by name and shape ---------------
+
+
+def _error(expected_spec, got_spec):
+    with pytest.raises(WeightsError) as e:
+        check_compatible(expected_canonical(expected_spec), expected_canonical(got_spec), "this model")
+    return str(e.value)
+
+
+@pytest.mark.parametrize("model,weights,first,detail", [
+    # vgg11 has 1 conv in block 1, vgg13 has 2: the extra block1.conv2 comes first
+    (("vgg11", TINY), ("vgg13", TINY), "block1.conv2", "the weights have block1.conv2.weight (8, 8, 3, 3), which this model does not"),
+    (("vgg13", TINY), ("vgg11", TINY), "block1.conv2", "block1.conv2.weight (8, 8, 3, 3) is missing from the weights"),
+    (("vgg11", dict(TINY, width_ratio=4)), ("vgg11", TINY), "block1.conv1",
+     "block1.conv1.weight is (8, 1, 3, 3) in the weights but (16, 1, 3, 3) in this model"),
+    (("vgg11", dict(TINY, image_size=64)), ("vgg11", TINY), "fc1",
+     "fc1.weight is (512, 64) in the weights but (512, 256) in this model"),
+    (("vgg11", TINY), ("vgg11_bn", TINY), "block1.bn1", "the weights have block1.bn1.weight (8,)"),
+    (("vgg11", TINY), ("vgg11", dict(TINY, num_classes=5)), "fc3", "fc3.weight is (5, 512) in the weights but (10, 512)"),
+    (("vgg11", TINY), ("vgg11", dict(TINY, in_channels=3)), "block1.conv1", "(8, 3, 3, 3) in the weights but (8, 1, 3, 3)"),
+])
+def test_mismatch_names_the_first_layer_that_differs(model, weights, first, detail):
+    msg = _error(make_spec(model[0], **model[1]), make_spec(weights[0], **weights[1]))
+    assert f"the first layer that differs is {first}:" in msg and detail in msg, msg
+
+
+def test_mismatch_in_a_framework_leaves_the_model_untouched(fw):
+    """Every loader checks first: a vgg13 file refused by a vgg11 model, which keeps its own weights."""
+    spec = make_spec("vgg11", **TINY)
+    net = fw.weights.from_canonical(fw.build(spec), random_canonical(spec))
+    before = fw.weights.to_canonical(net)
+    wrong = random_canonical(make_spec("vgg13", **TINY), seed=5)
+    with pytest.raises(WeightsError, match=r"first layer that differs is block1\.conv2: the weights have"):
+        fw.weights.from_canonical(net, wrong)
+    after = fw.weights.to_canonical(net)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_a_name_that_is_not_canonical_is_reported():
+    expected = expected_canonical(make_spec("vgg11", **TINY))
+    got = {("block1.bn1.gamma" if k == "block1.conv1.bias" else k): v for k, v in expected.items()}
+    with pytest.raises(WeightsError, match=r"is block1\.conv1: block1\.conv1\.bias \(8,\) is missing"):
+        check_compatible(expected, got)
+    got = dict(expected, **{"features.0.weight": (8, 1, 3, 3)})
+    with pytest.raises(WeightsError, match=r"the weights have features\.0\.weight"):
+        check_compatible(expected, got)
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(WeightsError, match="no such file"):
+        load_weights(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+        load_weights(tmp_path / "junk.safetensors")
+    from safetensors.numpy import save_file  # someone else's safetensors: tensors, no spec
+    save_file({"features.0.weight": np.zeros((2, 2), np.float32)}, tmp_path / "other.safetensors")
+    with pytest.raises(WeightsError, match="not a vgg-three-ways/1 weights file"):
+        read_spec(tmp_path / "other.safetensors")
+
+
+def test_save_overwrites_atomically(tmp_path):
+    spec = make_spec("vgg11", **TINY)
+    path = tmp_path / "w.safetensors"
+    for seed in (0, 1):
+        save_weights(path, random_canonical(spec, seed), spec_metadata(spec))
+    assert os.listdir(tmp_path) == ["w.safetensors"]
+    assert np.array_equal(load_weights(path)[0]["fc3.bias"], random_canonical(spec, 1)["fc3.bias"])
+
+
+# --- torchvision's names ---------------------------------------------------------------------
+
+
+def test_torchvision_mapping_of_names():
+    """torchvision's layer indices, written out by hand from torchvision/models/vgg.py's make_layers."""
+    from vgg_torch.weights import from_torchvision
+    sd = {f"{k}.weight": np.zeros(1) for k in ("features.0", "features.3", "features.6", "features.8", "features.11",
+                                               "features.13", "features.16", "features.18",
+                                               "classifier.0", "classifier.3", "classifier.6")}
+    assert list(from_torchvision(sd, "vgg11")) == [f"{n}.weight" for n in (
+        "block1.conv1", "block2.conv1", "block3.conv1", "block3.conv2", "block4.conv1", "block4.conv2",
+        "block5.conv1", "block5.conv2", "fc1", "fc2", "fc3")]
+    bn = {"features.0.weight": 0, "features.1.running_var": 0, "features.1.num_batches_tracked": 0,
+          "features.4.bias": 0, "features.5.running_mean": 0}
+    assert list(from_torchvision(bn, "vgg11_bn")) == ["block1.conv1.weight", "block1.bn1.running_var",
+                                                      "block2.conv1.bias", "block2.bn1.running_mean"]
+    with pytest.raises(WeightsError, match=r"torchvision key features\.2\.weight has no place in vgg11"):
+        from_torchvision({"features.2.weight": np.zeros(1)}, "vgg11")  # vgg13's block1.conv2
+
+
+# --- python -m vgg_X.evaluate ----------------------------------------------------------------
+
+
+def test_evaluate_commands_agree(tmp_path, capsys):
+    """Weights saved by torch, evaluated by all three: the same accuracy, to the image."""
+    import vgg_torch.model
+    import vgg_torch.weights
+    from vgg_flax.evaluate import main as flax_main
+    from vgg_gluon.evaluate import main as gluon_main
+    from vgg_torch.evaluate import main as torch_main
+    spec = make_spec("vgg11_bn", **TINY)
+    net = vgg_torch.weights.from_canonical(vgg_torch.model.vgg(spec), random_canonical(spec, seed=3))
+    path = tmp_path / "trained_in_torch.safetensors"
+    vgg_torch.weights.save(net, path)
+    counts = {}
+    for name, main in (("torch", torch_main), ("gluon", gluon_main), ("flax", flax_main)):
+        main(["--weights", str(path), "--data-dir", str(SAMPLE_DIR), "--device", "cpu"])
+        out = capsys.readouterr().out
+        assert "vgg11_bn/8 (32x32 px)" in out and "saved by torch" in out and "1,000 test images" in out, out
+        counts[name] = re.search(r"test accuracy [\d.]+ \(([\d,]+) / 1,000\)", out)[1]
+    assert len(set(counts.values())) == 1, counts
+
+
+@pytest.mark.parametrize("mod", ["vgg_torch", "vgg_gluon", "vgg_flax"])
+def test_evaluate_errors_are_one_line(tmp_path, capsys, mod):
+    import importlib
+    main = importlib.import_module(f"{mod}.evaluate").main
+    spec = make_spec("vgg11", in_channels=3, num_classes=1000, width_ratio=8, scale_classifier=True, image_size=32)
+    save_weights(tmp_path / "imagenet.safetensors", random_canonical(spec), spec_metadata(spec))
+    for path, message in ((tmp_path / "nope.safetensors", "no such file"),
+                          (tmp_path / "imagenet.safetensors", "needs 1 channel, 10 classes")):
+        with pytest.raises(SystemExit) as e:
+            main(["--weights", str(path)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err

@@ -1,0 +1,54 @@
+"""Fashion-MNIST test accuracy of canonical weights from any framework, in Flax NNX:
+
+    python -m vgg_flax.evaluate --weights trained_in_torch.safetensors [--data-dir D] [--batch-size N] [--device auto|cpu|gpu]
+
+The model is rebuilt from the spec in the file's metadata (common.evaluate does the flags and the report).
+"""
+from __future__ import annotations
+
+import flax
+import jax
+import numpy as np
+from flax import nnx
+
+from common.cli import fail
+from common.evaluate import evaluate_main
+from vgg_flax.model import vgg
+from vgg_flax.weights import from_canonical
+
+
+def pick_device(requested: str):
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+    if requested == "gpu" and not gpus:
+        fail("--device gpu: JAX sees no GPU (jax.devices() lists none); use --device cpu")
+    return gpus[0] if requested != "cpu" and gpus else jax.devices("cpu")[0]
+
+
+def load_model(spec, tensors, device):
+    jax.config.update("jax_default_matmul_precision", "float32")  # no TF32 on GPUs: float32 as the other two
+    with jax.default_device(device):
+        model = from_canonical(vgg(spec), tensors)
+    model.eval()
+    return model
+
+
+@nnx.jit
+def _predict(model, x):
+    return model(x).argmax(-1)
+
+
+def accuracy(model, loader, device) -> float:
+    correct = total = 0
+    for x, y in loader:  # NCHW from the loader, NHWC for Flax: the one transpose
+        pred = np.asarray(_predict(model, jax.device_put(np.transpose(x, (0, 2, 3, 1)), device)))
+        correct, total = correct + int((pred == y).sum()), total + len(y)
+    return correct / total
+
+
+def main(argv=None):
+    evaluate_main("vgg_flax.evaluate", argv, framework=f"Flax {flax.__version__}",
+                  pick_device=pick_device, load_model=load_model, accuracy=accuracy)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Fashion-MNIST test accuracy of canonical weights from any framework, in MXNet Gluon:
+
+    python -m vgg_gluon.evaluate --weights trained_in_torch.safetensors [--data-dir D] [--batch-size N] [--device auto|cpu|gpu]
+
+The model is rebuilt from the spec in the file's metadata (common.evaluate does the flags and the report).
+"""
+from __future__ import annotations
+
+import mxnet as mx
+
+from common.cli import fail
+from common.evaluate import evaluate_main
+from vgg_gluon.model import vgg
+from vgg_gluon.weights import from_canonical
+
+
+def pick_device(requested: str) -> mx.Context:
+    gpus = mx.context.num_gpus()
+    if requested == "gpu" and not gpus:
+        fail("--device gpu: MXNet sees no GPU (mx.context.num_gpus() is 0); use --device cpu")
+    return mx.gpu(0) if requested != "cpu" and gpus else mx.cpu()
+
+
+def load_model(spec, tensors, device):
+    net = from_canonical(vgg(spec), tensors, ctx=device)
+    net.hybridize(static_alloc=True)
+    return net
+
+
+def accuracy(net, loader, device) -> float:
+    correct = total = 0
+    for x, y in loader:  # outside autograd.record(): inference mode (no dropout, running statistics)
+        pred = net(mx.nd.array(x, ctx=device)).argmax(axis=1).asnumpy()
+        correct, total = correct + int((pred == y).sum()), total + len(y)
+    return correct / total
+
+
+def main(argv=None):
+    evaluate_main("vgg_gluon.evaluate", argv, framework=f"MXNet Gluon {mx.__version__}",
+                  pick_device=pick_device, load_model=load_model, accuracy=accuracy)
+
+
+if __name__ == "__main__":
+    main()

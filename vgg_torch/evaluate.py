@@ -1,0 +1,43 @@
+"""Fashion-MNIST test accuracy of canonical weights from any framework, in PyTorch:
+
+    python -m vgg_torch.evaluate --weights trained_in_flax.safetensors [--data-dir D] [--batch-size N] [--device auto|cpu|gpu]
+
+The model is rebuilt from the spec in the file's metadata (common.evaluate does the flags and the report).
+"""
+from __future__ import annotations
+
+import torch
+
+from common.cli import fail
+from common.evaluate import evaluate_main
+from vgg_torch.model import vgg
+from vgg_torch.weights import from_canonical
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "gpu" and not torch.cuda.is_available():
+        fail("--device gpu: PyTorch sees no GPU (torch.cuda.is_available() is False); use --device cpu")
+    return torch.device("cuda" if requested != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def load_model(spec, tensors, device) -> torch.nn.Module:
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # float32 as the other two
+    return from_canonical(vgg(spec).to(device), tensors).eval()
+
+
+def accuracy(net, loader, device) -> float:
+    correct = total = 0
+    with torch.inference_mode():
+        for x, y in loader:
+            pred = net(torch.from_numpy(x).to(device)).argmax(1).cpu().numpy()
+            correct, total = correct + int((pred == y).sum()), total + len(y)
+    return correct / total
+
+
+def main(argv=None):
+    evaluate_main("vgg_torch.evaluate", argv, framework=f"PyTorch {torch.__version__}",
+                  pick_device=pick_device, load_model=load_model, accuracy=accuracy)
+
+
+if __name__ == "__main__":
+    main()
