@@ -193,8 +193,8 @@ def load_fashion_mnist(data_dir=None, *, download=True, allow_sample=True, progr
     explicit folder is never silently replaced), else the user cache (downloaded or repaired there
     if download=True), else, if allow_sample, the bundled sample with a warning on stderr."""
     explicit = data_dir or os.environ.get('FASHION_MNIST_DIR')
-    if explicit:
-        return _load_dir(explicit, 'full')
+    if explicit:  # the bundled sample's own folder, named explicitly, is still the sample
+        return _load_dir(explicit, 'sample' if Path(explicit).resolve() == SAMPLE_DIR else 'full')
     cache = cache_dir()
     problem = f'Fashion-MNIST is not in {cache} and downloading is off. {_where_to_put(cache)}'
     if all(_find(cache, name[:-3]) for name in FILES):
@@ -255,10 +255,14 @@ class Loader:
 
     `for x, y in loader` runs epochs 0, 1, 2, ... on successive loops; epoch(e) asks for one
     (to resume). A background thread prepares `prefetch` batches ahead (0: no thread); the
-    heavy work is BLAS, which releases the GIL. Each batch is a fresh array, safe to keep."""
+    heavy work is BLAS, which releases the GIL. Each batch is a fresh array, safe to keep.
+
+    shard=(i, n), for data parallelism: batch_size is the global batch, and this loader yields
+    only part i of n of each one (contiguous rows, np.array_split), so the n processes of a
+    job together see exactly the batches that one process with shard=(0, 1) sees."""
 
     def __init__(self, images, labels, *, batch_size=128, resize=None, shuffle=True, seed=0,
-                 drop_last=False, normalize=False, prefetch=2):
+                 drop_last=False, normalize=False, prefetch=2, shard=(0, 1)):
         self.images, self.labels = np.asarray(images), np.asarray(labels).astype(np.int64, copy=False)
         if self.images.ndim != 3 or len(self.images) != len(self.labels):
             raise ValueError(f'need (N, H, W) images and N labels, got {self.images.shape} and {self.labels.shape}')
@@ -266,6 +270,10 @@ class Loader:
             raise ValueError(f'images are {self.images.shape[1:]}, pass resize= to make them square')
         self.batch_size, self.size, self.shuffle, self.seed = batch_size, resize or self.images.shape[1], shuffle, seed
         self.drop_last, self.normalize, self.prefetch = drop_last, normalize, prefetch
+        if not 0 <= shard[0] < shard[1]:
+            raise ValueError(f'shard=(index, count) needs 0 <= index < count, got {shard}')
+        self.shard = tuple(shard)
+        self.local_batch_size = -(-batch_size // shard[1])  # rows of this shard's largest part
         # uint8 is 0-255, floats are taken as 0-1. Normalising before resizing is exact
         # because each output pixel's weights sum to 1, and it touches 64x fewer pixels at 224.
         scale = 1 / 255 if self.images.dtype == np.uint8 else 1.0
@@ -281,6 +289,7 @@ class Loader:
         return self.epoch(self._next_epoch - 1)
 
     def _batch(self, idx):
+        idx = np.array_split(idx, self.shard[1])[self.shard[0]]
         x = self.images[idx].astype(np.float32)
         x *= np.float32(self._scale)
         if self._shift:

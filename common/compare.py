@@ -1,0 +1,153 @@
+"""`python -m common.compare [training flags]`: train the three frameworks on one configuration,
+one after another, and write one report.
+
+Each framework runs in its own process (`python -m vgg_X.train`, which imports only its own
+framework), in turn rather than at once, so that none competes with another for the cores and
+the examples/s are comparable. Each gets the same resolved flags and writes into <out>/<framework>/;
+then this writes <out>/report.md, report.json and report.png (the three frameworks' curves).
+A framework that fails is reported as failed, with its last error line; the others' results stay.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .cli import parse_train_args
+from .training import write_atomic, write_json
+
+FRAMEWORKS = {"torch": "vgg_torch.train", "gluon": "vgg_gluon.train", "flax": "vgg_flax.train"}
+NOT_PASSED = {"help", "preset", "out", "frameworks", "progress"}  # handled here, or already resolved
+
+
+def child_argv(args, parser: argparse.ArgumentParser) -> list[str]:
+    """The resolved flags as a command line: every framework trains the same configuration, and
+    a preset's values are spelled out."""
+    argv = []
+    for a in parser._actions:
+        if not a.option_strings or a.dest in NOT_PASSED:
+            continue
+        v, flag = getattr(args, a.dest), next(s for s in a.option_strings if s.startswith("--"))
+        if isinstance(a, argparse.BooleanOptionalAction):
+            argv += [] if v is None else [flag if v else "--no-" + flag[2:]]
+        elif a.nargs == 0:  # store_true
+            argv += [flag] if v else []
+        elif v is not None:
+            argv.append(f"{flag}={v}")  # '=' keeps values such as '((1, 64), ...)' one argument
+    return argv
+
+
+def run_one(framework: str, argv: list[str], out: Path) -> dict:
+    """Train one framework in a subprocess; its stdout and stderr pass through to ours, and the
+    tail of stderr is kept for the report in case it fails."""
+    import subprocess
+    cmd = [sys.executable, "-m", FRAMEWORKS[framework], *argv, f"--out={out}"]
+    print(f"\n=== {framework}: {' '.join(cmd[1:])}", flush=True)
+    start = time.time()
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    tail = b""
+    while chunk := os.read(proc.stderr.fileno(), 4096):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+        tail = (tail + chunk)[-4000:]
+    code, seconds = proc.wait(), time.time() - start
+    row = {"framework": framework, "status": "finished" if code == 0 else f"failed (exit {code})",
+           "seconds": seconds, "command": " ".join(cmd[1:])}
+    metrics_path = out / "metrics.json"
+    if metrics_path.is_file() and metrics_path.stat().st_mtime >= start:  # never a stale file from an earlier run
+        m = json.loads(metrics_path.read_text())
+        epochs = m["epochs"]
+        row.update(parameters=m["parameters"], device=m["device"], data=m["data"]["describe"],
+                   versions=m["versions"], epochs=epochs, curve=m["curve"])
+        if epochs:  # examples/s over the whole run: total examples / total training seconds
+            row.update(examples_per_sec=sum(e["examples"] for e in epochs) / sum(e["examples"] / e["examples_per_sec"] for e in epochs),
+                       train_acc=epochs[-1]["train_acc"], test_acc=epochs[-1]["test_acc"], loss=epochs[-1]["loss"])
+        if m["status"] not in ("finished",) and code == 0:
+            row["status"] = m["status"]
+    if code != 0:
+        lines = [line for line in tail.decode(errors="replace").replace("\r", "\n").splitlines() if line.strip()]
+        row["error"] = lines[-1] if lines else "no message"
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    """A Markdown table: readable printed as is."""
+    head = ["framework", "parameters", "examples/s", "train acc", "test acc", "loss", "device", "seconds", "status"]
+    fmt = lambda r, k, f: f.format(r[k]) if r.get(k) is not None else "-"
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["framework"], fmt(r, "parameters", "{:,}"), fmt(r, "examples_per_sec", "{:.1f}"),
+                 fmt(r, "train_acc", "{:.3f}"), fmt(r, "test_acc", "{:.3f}"), fmt(r, "loss", "{:.3f}"),
+                 r.get("device", "-"), f"{r['seconds']:.0f}", r["status"] + (f": {r['error']}" if r.get("error") else "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save_plot(path, rows: list[dict]) -> None:
+    """Left: training loss; right: train (dashed) and test (dots) accuracy; one colour per framework."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: slow, and only the plot needs it
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 3.8))
+    FigureCanvasAgg(fig)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for r, colour in zip(rows, ("C0", "C1", "C2", "C3")):
+        if not r.get("curve"):
+            continue
+        x = [p["epoch"] for p in r["curve"]]
+        loss_ax.plot(x, [p["loss"] for p in r["curve"]], "-", color=colour, label=r["framework"])
+        acc_ax.plot(x, [p["train_acc"] for p in r["curve"]], "--", color=colour, label=f"{r['framework']} train")
+        acc_ax.plot([e["epoch"] for e in r["epochs"]], [e["test_acc"] for e in r["epochs"]], "o-.", color=colour,
+                    label=f"{r['framework']} test")
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    write_atomic(path, buf.getvalue())
+
+
+def main(argv=None):
+    def extra(p):
+        p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                       help="comma-separated subset of torch, gluon, flax (default: all three, in that order)")
+    args = parse_train_args(argv, prog="python -m common.compare", extra=extra,
+                            description=__doc__.strip().splitlines()[0].split(": ", 1)[1])
+    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    unknown = [f for f in frameworks if f not in FRAMEWORKS]
+    if unknown or not frameworks:
+        from .cli import fail
+        fail(f"--frameworks: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(FRAMEWORKS)}")
+    out = Path(args.out or "runs/compare")
+    out.mkdir(parents=True, exist_ok=True)
+    from .cli import train_parser
+    argv_child = child_argv(args, train_parser("", ""))
+    if args.progress is not False and (args.progress or sys.stderr.isatty()):
+        argv_child.append("--progress")  # the child's stderr is our pipe, not a terminal
+    rows = [run_one(f, argv_child, out / f) for f in frameworks]
+
+    config = " ".join(argv_child)
+    data = next((r["data"] for r in rows if r.get("data")), "unknown")
+    text = (f"# VGG on Fashion-MNIST, three frameworks\n\nflags: `{config}`\n\ndata: {data}\n\n{table(rows)}\n\n"
+            "examples/s: training examples per second over all epochs, first step of each epoch excluded "
+            "(compilation); seconds: the whole process, start-up, evaluation and checkpoints included.\n\n"
+            "![curves](report.png)\n")
+    write_atomic(out / "report.md", text)
+    write_json(out / "report.json", {"flags": argv_child, "data": data,
+                                     "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]})
+    save_plot(out / "report.png", rows)
+    print("\n" + table(rows))
+    print(f"\ndata: {data}\nwrote {out / 'report.md'}, {out / 'report.json'} and {out / 'report.png'}")
+    if any(r["status"] != "finished" for r in rows):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Train a VGG on Fashion-MNIST with Flax NNX: `python -m vgg_flax.train --help`.
+
+The loop, the reports and the checkpoints' bookkeeping live in `common.training`; this file
+holds what is Flax's own: an `nnx.Optimizer`, a train step compiled with `nnx.jit` around
+`nnx.value_and_grad`, NHWC inside, and checkpoints as one safetensors file over the flattened
+NNX state (model parameters, batch statistics, dropout RNG, optimiser state).
+
+Why safetensors rather than orbax: the state is small and flat, a single file is what the other
+two frameworks' checkpoints look like, and loading it runs no code (orbax would also do).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from common import training
+from common.cli import parse_train_args, spec_kwargs
+from vgg_flax import parallel
+from vgg_flax.model import count_parameters, vgg
+
+
+@nnx.jit
+def train_step(model, optimizer, x, y):
+    """One update on an NCHW batch; returns (summed loss, #correct) as device scalars, not read
+    back, so that XLA can run ahead of Python. Compiled once per batch shape (training drops the
+    last partial batch, so there is one)."""
+    x = jnp.transpose(x, (0, 2, 3, 1))  # the loader's NCHW -> Flax's NHWC, the one place it happens
+
+    def loss_fn(model):
+        logits = model(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits  # mean, as d2l
+
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)  # grads of nnx.Param only
+    optimizer.update(model, grads)
+    return loss * y.shape[0], (logits.argmax(-1) == y).sum()
+
+
+def make_optimizer(model, args):
+    """The same update as vgg_torch.make_optimizer: optax.sgd keeps v = momentum * v + g and
+    applies w -= lr * v, as torch; optax.adam adds eps to the bias-corrected sqrt(v), as torch."""
+    if args.optimizer == "sgd":
+        tx = optax.sgd(args.lr, momentum=args.momentum or None)  # None: no momentum buffer at all
+    else:
+        tx = optax.adam(args.lr, b1=0.9, b2=0.999, eps=1e-8)
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+@nnx.jit
+def predict(model, x):
+    return model(jnp.transpose(x, (0, 2, 3, 1))).argmax(-1)
+
+
+def evaluate(model, loader, dp) -> float:
+    """Accuracy over the whole loader in inference mode (dropout off, batch-norm running statistics).
+    Padded batches keep one shape, so `predict` compiles once. dp: vgg_flax.parallel's Context."""
+    model.eval()
+    correct = total = 0
+    for x, y, valid in training.padded_batches(loader):
+        pred = parallel.local_rows(dp, predict(model, *parallel.shard(dp, x)))[:valid]
+        correct += int((pred == y).sum())
+        total += valid
+    correct, total = parallel.total(correct, total)  # several processes: each saw its part
+    return correct / total
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Dropout's randomness in epoch e depends on (seed, e) alone (the same rule in the three frameworks)."""
+    return int(np.random.default_rng((seed, epoch, 1)).integers(2**31))
+
+
+def _name(path) -> str:
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _flatten(tree, prefix="") -> dict:
+    """{'model/block1/conv1/kernel': array, ...}; typed PRNG keys as their raw uint32 data."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {prefix + _name(p): np.asarray(jax.random.key_data(v) if _is_key(v) else v) for p, v in leaves}
+
+
+def save_checkpoint(folder, model, optimizer, epoch: int) -> None:
+    """state.safetensors: every array of the model and the optimiser, named by its path
+    ('model/block1/conv1/kernel', 'optimizer/opt_state/0/trace/...', 'model/dropout/rngs/key')."""
+    arrays = {**_flatten(nnx.to_pure_dict(nnx.state(model)), "model/"),
+              **_flatten(nnx.to_pure_dict(nnx.state(optimizer)), "optimizer/")}
+    save_file(arrays, str(folder / "state.safetensors"), metadata={"epoch": str(epoch)})
+    (folder / "state.json").write_text(json.dumps({"epoch": epoch}))
+
+
+def load_checkpoint(folder, model, optimizer) -> int:
+    saved = load_file(str(folder / "state.safetensors"))
+    for prefix, node in (("model/", model), ("optimizer/", optimizer)):
+        state = nnx.state(node)
+
+        def restore(path, leaf):
+            name = prefix + _name(path)
+            if name not in saved:
+                raise ValueError(f"{folder}: the checkpoint has no {name}; it was written for another model")
+            v = jnp.asarray(saved[name])
+            return jax.random.wrap_key_data(v) if _is_key(leaf) else v
+
+        nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(restore, nnx.to_pure_dict(state)))
+        nnx.update(node, state)
+    return json.loads((folder / "state.json").read_text())["epoch"]
+
+
+class Backend:
+    """What `common.training.run` drives (see its docstring)."""
+    framework = "flax"
+
+    def __init__(self, args):
+        self.dp = parallel.setup(args)  # a mesh over --devices devices (and over processes, if launched)
+        self.dev, self.primary, self.shard = self.dp.devices[0], self.dp.primary, self.dp.shard
+        jax.config.update("jax_default_device", self.dev)
+        self.device, self.seed = self.dp.describe, args.seed
+        self.versions = {"flax": flax.__version__, "jax": jax.__version__}
+        self.threads = f"XLA_FLAGS={os.environ.get('XLA_FLAGS', 'unset (all cores)')}"
+        self.model = vgg(args.arch, init=args.init, rngs=nnx.Rngs(params=args.seed, dropout=args.seed),
+                         **spec_kwargs(args, args.resize))
+        self.parameters = count_parameters(self.model)[0]
+        self.optimizer = make_optimizer(self.model, args)
+        parallel.prepare(self.dp, self.model, self.optimizer)  # replicated on every device of the mesh
+
+    def start_epoch(self, epoch):
+        nnx.reseed(self.model, dropout=epoch_seed(self.seed, epoch))
+        parallel.prepare(self.dp, self.model)  # the new key too
+        self.model.train()
+
+    def train_step(self, x, y):
+        return train_step(self.model, self.optimizer, *parallel.shard(self.dp, x, y.astype(np.int32)))
+
+    def fetch(self, out):
+        return float(out[0]), int(out[1])
+
+    def evaluate(self, loader):
+        return evaluate(self.model, loader, self.dp)
+
+    def save_checkpoint(self, folder, epoch):
+        save_checkpoint(folder, self.model, self.optimizer, epoch)
+
+    def load_checkpoint(self, folder):
+        epoch = load_checkpoint(folder, self.model, self.optimizer)
+        parallel.prepare(self.dp, self.model, self.optimizer)
+        return epoch
+
+
+def main(argv=None):
+    args = parse_train_args(argv, prog="python -m vgg_flax.train",
+                            description="Train a VGG on Fashion-MNIST with Flax NNX (nnx.jit train step).")
+    try:
+        training.run(args, Backend)
+    finally:
+        parallel.cleanup()
+
+
+if __name__ == "__main__":
+    main()

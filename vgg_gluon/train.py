@@ -1,0 +1,159 @@
+"""Train a VGG on Fashion-MNIST with MXNet Gluon: `python -m vgg_gluon.train --help`.
+
+The loop, the reports and the checkpoints' bookkeeping live in `common.training`; this file
+holds what is Gluon's own: a hybridized network (static graph, static memory), `autograd.record()`,
+a `gluon.Trainer`, and checkpoints as `save_parameters` + `trainer.save_states`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+import vgg_gluon  # noqa: F401  (restores np.bool before mxnet is imported)
+import mxnet as mx
+from mxnet import autograd, gluon
+
+from common import training
+from common.cli import parse_train_args, spec_kwargs
+from vgg_gluon import parallel
+from vgg_gluon.model import count_parameters, vgg
+
+loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()  # per example; mean over the batch via trainer.step
+
+
+def train_step(net, trainer, xs, ys, batch_size):
+    """One update on a batch split over the devices (one part per context, as the gluonbook's
+    multi-GPU chapter): returns each context's (summed loss, #correct) as NDArrays, not read back,
+    so that MXNet's engine can run ahead of Python. batch_size: the global batch."""
+    with autograd.record():  # training mode: dropout on
+        logits = [net(x) for x in xs]
+        losses = [loss_fn(out, y) for out, y in zip(logits, ys)]
+    autograd.backward(losses)
+    # The KVStore sums every device's gradients; / global batch = the mean loss's gradient, as torch
+    trainer.step(batch_size)
+    return [loss.sum() for loss in losses], [(out.argmax(axis=1) == y).sum() for out, y in zip(logits, ys)]
+
+
+class Adam(mx.optimizer.Adam):
+    """Adam as torch and optax define it. MXNet adds eps to sqrt(v) before the bias correction:
+    w -= lr*sqrt(c2)/c1 * m / (sqrt(v) + eps), with c1 = 1 - beta1^t, c2 = 1 - beta2^t, so its eps
+    acts like eps/sqrt(c2) (3e-7 at the first step instead of 1e-8). Passing eps*sqrt(c2) to that
+    same fused kernel gives torch's w -= lr * m_hat / (sqrt(v_hat) + eps) exactly."""
+    def __init__(self, epsilon=1e-8, **kwargs):
+        super().__init__(epsilon=epsilon, **kwargs)
+        self.torch_epsilon = epsilon
+
+    def update(self, index, weight, grad, state):
+        t = self._index_update_count.get(index, self.begin_num_update) + 1  # the step super() is about to take
+        self.epsilon = self.torch_epsilon * math.sqrt(1 - self.beta2 ** t)
+        super().update(index, weight, grad, state)
+
+
+def make_optimizer(net, args, kvstore=None):
+    """A gluon.Trainer with the same update as vgg_torch.make_optimizer.
+    sgd: MXNet keeps m = momentum * m - lr * g; w += m, i.e. m = -lr * v of torch's
+    v = momentum * v + g; w -= lr * v. With a constant learning rate (the only kind here) the
+    two give the same weights. adam: see Adam above."""
+    if args.optimizer == "sgd":
+        opt = mx.optimizer.SGD(learning_rate=args.lr, momentum=args.momentum, wd=0.0)
+    else:
+        opt = Adam(learning_rate=args.lr, beta1=0.9, beta2=0.999, epsilon=1e-8, wd=0.0)
+    # One device: no kvstore. Several: the KVStore ('device', 'dist_sync') only sums the gradients and
+    # each device updates its copy (update_on_kvstore=False), so the optimiser state stays here,
+    # where trainer.save_states finds it whatever the number of devices.
+    return gluon.Trainer(net.collect_params(), opt, kvstore=kvstore, update_on_kvstore=False if kvstore else None)
+
+
+def evaluate(net, loader, ctx) -> float:
+    """Accuracy over the whole loader in inference mode: outside autograd.record() Gluon runs
+    dropout as identity and batch norm on running statistics. ctx: the list of contexts."""
+    correct = total = 0
+    for x, y, valid in training.padded_batches(loader):
+        parts = gluon.utils.split_and_load(x, ctx)
+        pred = np.concatenate([net(part).argmax(axis=1).asnumpy() for part in parts])[:valid]
+        correct += int((pred == y).sum())
+        total += valid
+    correct, total = parallel.total(correct, total)  # several machines: each saw its part
+    return correct / total
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Dropout's randomness in epoch e depends on (seed, e) alone: MXNet cannot export its RNG
+    state, so reseeding at each epoch start is what makes a resumed run exact."""
+    return int(np.random.default_rng((seed, epoch, 1)).integers(2**31))
+
+
+def save_checkpoint(folder, net, trainer, epoch: int) -> None:
+    """model.params (save_parameters) + trainer.states (optimiser) + state.json (epoch; the RNG
+    is reseeded from (seed, epoch), see epoch_seed)."""
+    net.save_parameters(str(folder / "model.params"))
+    trainer.save_states(str(folder / "trainer.states"))
+    (folder / "state.json").write_text(json.dumps({"epoch": epoch, "rng": "reseeded from (seed, epoch)"}))
+
+
+def load_checkpoint(folder, net, trainer) -> int:
+    ctx = next(iter(net.collect_params().values())).list_ctx()
+    net.load_parameters(str(folder / "model.params"), ctx=ctx)
+    trainer.load_states(str(folder / "trainer.states"))
+    return json.loads((folder / "state.json").read_text())["epoch"]
+
+
+class Backend:
+    """What `common.training.run` drives (see its docstring)."""
+    framework = "gluon"
+
+    def __init__(self, args):
+        self.dp = parallel.setup(args)  # the contexts, and the KVStore that joins them (and the machines)
+        self.ctx, self.primary, self.shard = self.dp.devices, self.dp.primary, self.dp.shard
+        self.device, self.seed, self.batch_size = self.dp.describe, args.seed, args.batch_size
+        self.versions = {"mxnet": mx.__version__}
+        # MXNet has no call that says how many OpenMP threads an operator uses; the environment decides
+        self.threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset (all cores)')}"
+        mx.random.seed(args.seed)
+        self.net = vgg(args.arch, init=args.init, **spec_kwargs(args, args.resize))
+        self.parameters = count_parameters(self.net)[0]
+        self.net.initialize(ctx=self.ctx)
+        # One batch shape in training (drop_last) and evaluation (padding): the static graph and
+        # its memory are planned once.
+        self.net.hybridize(static_alloc=True, static_shape=True)
+        self.trainer = make_optimizer(self.net, args, self.dp.kvstore)
+
+    def start_epoch(self, epoch):
+        for i, c in enumerate(self.ctx):  # each device its own dropout masks
+            mx.random.seed(epoch_seed(self.seed, epoch) + self.shard[0] * len(self.ctx) + i, ctx=c)
+
+    def train_step(self, x, y):
+        # labels as float32: what SoftmaxCrossEntropyLoss and argmax's output compare with
+        return train_step(self.net, self.trainer, *parallel.shard(self.dp, x, y), self.batch_size)
+
+    def fetch(self, out):
+        loss, correct = parallel.total(sum(v.asscalar() for v in out[0]), sum(v.asscalar() for v in out[1]))
+        return loss, round(correct)
+
+    def evaluate(self, loader):
+        return evaluate(self.net, loader, self.ctx)
+
+    def save_checkpoint(self, folder, epoch):
+        save_checkpoint(folder, self.net, self.trainer, epoch)
+
+    def load_checkpoint(self, folder):
+        return load_checkpoint(folder, self.net, self.trainer)
+
+
+def main(argv=None):
+    args = parse_train_args(argv, prog="python -m vgg_gluon.train",
+                            description="Train a VGG on Fashion-MNIST with MXNet Gluon (hybridized).")
+    try:
+        training.run(args, Backend)
+    finally:
+        parallel.cleanup()
+
+
+if __name__ == "__main__":
+    # Run the importable copy of this file, not __main__: trainer.save_states pickles the
+    # optimiser, whose class must be found again as vgg_gluon.train.Adam.
+    from vgg_gluon.train import main as importable_main
+    importable_main()

@@ -1,0 +1,137 @@
+"""Train a VGG on Fashion-MNIST with PyTorch: `python -m vgg_torch.train --help`.
+
+The loop, the reports and the checkpoints' bookkeeping live in `common.training`; this file
+holds what is PyTorch's own: eager training (optionally `torch.compile`d), the optimiser, and
+checkpoints as safetensors (the model's state_dict, the project's canonical layout) plus a
+`torch.save` file of optimiser and RNG state read back with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from common import training
+from common.cli import parse_train_args, spec_kwargs
+from vgg_torch import parallel
+from vgg_torch.model import count_parameters, vgg
+
+
+def train_step(net, optimizer, x, y):
+    """One update on a batch already on the device; returns (summed loss, #correct) as
+    0-d tensors, not read back, so that a GPU can run ahead of Python."""
+    logits = net(x)
+    loss = F.cross_entropy(logits, y)  # the batch mean, as d2l
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach() * len(y), (logits.argmax(1) == y).sum()
+
+
+def make_optimizer(net, args):
+    """sgd: v = momentum * v + g; w -= lr * v (torch's convention, optax's too).
+    adam: betas (0.9, 0.999), eps 1e-8 added to the bias-corrected sqrt(v). No weight decay."""
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
+    return torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def evaluate(net, loader, device) -> float:
+    """Accuracy over the whole loader in inference mode (dropout off, batch-norm running statistics)."""
+    net.eval()
+    correct = total = 0
+    with torch.inference_mode():
+        for x, y, valid in training.padded_batches(loader):
+            pred = net(torch.from_numpy(x).to(device, non_blocking=True)).argmax(1)[:valid].cpu().numpy()
+            correct += int((pred == y).sum())
+            total += valid
+    correct, total = parallel.total(correct, total)  # data parallel: each process saw its part
+    return correct / total
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Dropout's randomness in epoch e depends on (seed, e) alone, so a resumed run draws what an
+    uninterrupted one would have (the same rule in the three frameworks)."""
+    return int(np.random.default_rng((seed, epoch, 1)).integers(2**31))
+
+
+def save_checkpoint(folder, net, optimizer, epoch: int) -> None:
+    """model.safetensors (state_dict as is) + state.pt (optimiser, epoch, RNG states)."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "rng": rng}, folder / "state.pt")
+    (folder / "epoch.json").write_text(json.dumps({"epoch": epoch}))
+
+
+def load_checkpoint(folder, net, optimizer) -> int:
+    """Restore what save_checkpoint wrote; returns the epoch. Only tensors and plain containers
+    are unpickled (`weights_only=True`)."""
+    device = next(net.parameters()).device
+    net.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
+    state = torch.load(folder / "state.pt", map_location=device, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["cpu"].cpu())
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    return state["epoch"]
+
+
+class Backend:
+    """What `common.training.run` drives (see its docstring)."""
+    framework = "torch"
+
+    def __init__(self, args):
+        self.dp = parallel.setup(args)  # under torchrun: this process's rank and device
+        self.dev, self.primary, self.shard = self.dp.devices[0], self.dp.primary, self.dp.shard
+        self.device, self.seed = self.dp.describe, args.seed
+        self.versions = {"torch": torch.__version__}
+        self.threads = f"torch.get_num_threads() = {torch.get_num_threads()}"
+        torch.manual_seed(args.seed)
+        self.net = vgg(args.arch, init=args.init, **spec_kwargs(args, args.resize)).to(self.dev)
+        self.parameters = count_parameters(self.net)[0]
+        self.optimizer = make_optimizer(self.net, args)
+        # torch.compile traces the model on the first step (tens of seconds) and again for
+        # evaluation; it pays off on long GPU runs, rarely on a short CPU one.
+        self.model = parallel.prepare(self.dp, self.net)  # DistributedDataParallel with several processes
+        self.model = torch.compile(self.model) if args.compile else self.model
+
+    def start_epoch(self, epoch):
+        torch.manual_seed(epoch_seed(self.seed, epoch) + self.shard[0])  # each process its own dropout masks
+        self.net.train()
+
+    def train_step(self, x, y):
+        return train_step(self.model, self.optimizer, *parallel.shard(self.dp, x, y))
+
+    def fetch(self, out):
+        loss, correct = parallel.total(*out)  # over every process's part of the global batch
+        return loss, round(correct)
+
+    def evaluate(self, loader):
+        return evaluate(self.model, loader, self.dev)
+
+    def save_checkpoint(self, folder, epoch):
+        save_checkpoint(folder, self.net, self.optimizer, epoch)
+
+    def load_checkpoint(self, folder):
+        return load_checkpoint(folder, self.net, self.optimizer)
+
+
+def main(argv=None):
+    args = parse_train_args(argv, prog="python -m vgg_torch.train",
+                            description="Train a VGG on Fashion-MNIST with PyTorch (eager; --compile for torch.compile).")
+    if parallel.launch(args, "vgg_torch.train", sys.argv[1:] if argv is None else argv):
+        return  # --devices N: torchrun has run the N processes
+    try:
+        training.run(args, Backend)
+    finally:
+        parallel.cleanup()
+
+
+if __name__ == "__main__":
+    main()
