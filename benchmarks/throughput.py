@@ -1,0 +1,298 @@
+"""Training and inference throughput of vgg_torch, vgg_gluon and vgg_flax side by side, with
+the peers a user would pick instead (torchvision's VGG, the Gluon model zoo's VGG) through the
+same loop, against the machine's matrix-multiply rate:
+
+    python -m benchmarks.throughput [--sizes 32 96 224] [--device cpu|gpu] [--precision float32|bfloat16|float16]
+
+For each image size and framework, in a process of its own (benchmarks/workers.py):
+  compute     synthetic batches already on the device: the framework's ceiling
+  end to end  common.data.Loader on Fashion-MNIST (resizing, prefetch thread), host-to-device copy
+for training (the project's train_step: forward, backward, SGD update) and inference (predict).
+examples/s are timed steps x batch / their wall time, after warm-up steps; the first step
+(compilation, graph building, allocation) is reported apart. Training FLOPs are 3 x the forward's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common.arch import ArchError, flops_per_example, make_spec, parse_arch
+from common.cli import fail
+from common.data import SAMPLE_DIR, DataError, load_fashion_mnist
+from common.training import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS = ("vgg_torch", "vgg_gluon", "vgg_flax")
+PEERS = ("torchvision", "gluon_zoo")
+ALIASES = {"torch": "vgg_torch", "gluon": "vgg_gluon", "flax": "vgg_flax", "zoo": "gluon_zoo"}
+GOALS = {"vs_fastest": 0.8, "vs_torchvision": 1.0, "end_to_end": 0.95, "matmul_224": 0.5}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="vgg11", type=parse_arch, help="a table name or the seeds' tuples (default vgg11)")
+    p.add_argument("--width-ratio", type=int, default=4, help="divide every block's channels by this (default 4)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 96, 224], help="image sizes (default 32 96 224)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="float32, or mixed precision: torch autocast, MXNet AMP (bfloat16 on CPU, float16 on GPU), "
+                        "Flax layers' computation dtype (parameters stay float32)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--frameworks", nargs="+", default=[*OURS, *PEERS],
+                   help=f"any of {', '.join(OURS + PEERS)} (default: all)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="timed steps per measurement; 0 (default): as many as fit in --seconds (at least one a round)")
+    p.add_argument("--seconds", type=float, default=4.0, help="time per measurement when --steps is 0 (default 4)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="compute-only and end-to-end alternate in this many chunks each (default 2)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="measure everything this many times, one sweep after another, and keep each figure's "
+                        "best (for a shared machine; default 1)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed steps first (default 2); the first is reported, and their overhead")
+    p.add_argument("--data-dir", help="Fashion-MNIST folder (default: as load_fashion_mnist finds it)")
+    p.add_argument("--prefetch", type=int, default=2, help="loader batches prepared ahead (default 2, the Loader's)")
+    p.add_argument("--matmul-sizes", type=int, nargs="+", default=[2048, 4096])
+    p.add_argument("--matmul-repeats", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per worker process")
+    p.add_argument("--out", default="benchmarks/results/throughput.json")
+    g = p.add_argument_group("options under test (off by default: what the train scripts do)")
+    g.add_argument("--torch-channels-last", action="store_true", help="torch: NHWC memory format for model and input")
+    g.add_argument("--torch-compile", action="store_true", help="torch: torch.compile the model")
+    g.add_argument("--gluon-hybridize", choices=("static", "plain", "off"), default="static",
+                   help="Gluon: hybridize(static_alloc=True, static_shape=True) (default, as vgg_gluon.train), "
+                        "plain hybridize(), or imperative")
+    g.add_argument("--flax-donate", action="store_true", help="Flax: donate the model and optimiser state to the jitted step")
+    g.add_argument("--flax-place-state", action="store_true",
+                   help="Flax: device_put the model and optimiser state on the device before the first step")
+    g.add_argument("--env", action="append", default=[], metavar="[FRAMEWORK:]KEY=VALUE",
+                   help="environment for the workers (all, or one framework's), e.g. "
+                        "--env vgg_flax:XLA_FLAGS=--xla_cpu_use_thunk_runtime=false; repeatable")
+    args = p.parse_args(argv)
+    args.frameworks = list(dict.fromkeys(ALIASES.get(f, f) for f in args.frameworks))
+    unknown = [f for f in args.frameworks if f not in OURS + PEERS]
+    if unknown:
+        fail(f"--frameworks: unknown {', '.join(unknown)}; choose from {', '.join(OURS + PEERS)}")
+    for name, v in (("--batch-size", args.batch_size), ("--warmup", args.warmup), ("--seconds", args.seconds),
+                    ("--rounds", args.rounds), ("--repeat", args.repeat)):
+        if v <= 0:
+            fail(f"{name} must be positive, got {v}")
+    if args.steps < 0 or args.prefetch < 0:
+        fail("--steps and --prefetch must be 0 or more")
+    try:
+        for s in args.sizes:
+            make_spec(args.arch, image_size=s, width_ratio=args.width_ratio)
+    except ArchError as e:
+        fail(str(e).replace("image_size", "--sizes"))
+    args.env_by = {}
+    for item in args.env:
+        target, _, kv = item.partition(":") if item.split(":", 1)[0] in OURS + PEERS else ("*", "", item)
+        key, eq, value = kv.partition("=")
+        if not eq or not key:
+            fail(f"--env {item!r}: write KEY=VALUE or FRAMEWORK:KEY=VALUE")
+        args.env_by.setdefault(target, {})[key] = value
+    return args
+
+
+def run_worker(cfg: dict, env: dict, timeout: float) -> dict:
+    """Measure one (framework, size) in a fresh interpreter; a crash becomes a 'failed' row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path, result_path = Path(tmp, "config.json"), Path(tmp, "result.json")
+        cfg_path.write_text(json.dumps(cfg))
+        load = os.getloadavg()[0]
+        try:
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.workers", str(cfg_path), str(result_path)],
+                                  cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+            tail, code = (proc.stderr or proc.stdout).strip().splitlines()[-3:], proc.returncode
+        except subprocess.TimeoutExpired:
+            tail, code = [f"timed out after {timeout:.0f} s (--timeout)"], "timeout"
+        if code == 0 and result_path.is_file():
+            result = json.loads(result_path.read_text())
+        else:
+            result = {"framework": cfg["framework"], "size": cfg.get("size"), "status": "failed",
+                      "message": f"exit {code}: " + " | ".join(tail)}
+    result.update(load_before=load, load_after=os.getloadavg()[0], env=env)
+    return result
+
+
+def best_of(samples: list[dict]) -> dict:
+    """One row from --repeat samples of a (framework, size): each throughput is its best sample's
+    (on a shared machine the best is the one least disturbed by other processes), the rest comes
+    from the sample with the best compute-only training; every sample's figures are kept."""
+    ok = [r for r in samples if r["status"] == "ok"]
+    if not ok:
+        return samples[-1]
+    row = json.loads(json.dumps(max(ok, key=lambda r: r["train"]["compute"]["examples_per_s"])))
+    row["samples"] = []
+    for r in ok:
+        row["samples"].append({"load_before": r["load_before"], **{f"{ph}.{m}": r[ph][m]["examples_per_s"]
+                                                                  for ph in ("train", "infer") for m in ("compute", "end_to_end")}})
+    for ph in ("train", "infer"):
+        for m in ("compute", "end_to_end"):
+            row[ph][m]["examples_per_s"] = max(s[f"{ph}.{m}"] for s in row["samples"])
+    return row
+
+
+def ratios(rows: list[dict], matmul: dict) -> list[dict]:
+    """Per size: each row against the fastest of the three frameworks, end to end against
+    compute only, achieved GFLOP/s against the matmul rate (in the run's precision)."""
+    out = []
+    for size in sorted({r["size"] for r in rows}):
+        ok = [r for r in rows if r["size"] == size and r["status"] == "ok"]
+        best = {ph: max((r[ph]["compute"]["examples_per_s"] for r in ok if r["framework"] in OURS), default=None)
+                for ph in ("train", "infer")}
+        for r in ok:
+            q = {"framework": r["framework"], "size": size}
+            for ph, flops in (("train", r["train_flops"]), ("infer", r["forward_flops"])):
+                c, e = r[ph]["compute"]["examples_per_s"], r[ph]["end_to_end"]["examples_per_s"]
+                gflops = c * flops / 1e9
+                q.update({f"{ph}_vs_fastest": c / best[ph] if best[ph] else None,
+                          f"{ph}_end_to_end_vs_compute": e / c, f"{ph}_gflops": gflops,
+                          f"{ph}_vs_matmul": gflops / matmul["precision_gflops"] if matmul else None})
+            out.append(q)
+    return out
+
+
+def goals(rows: list[dict], qs: list[dict]) -> dict:
+    """The issue's goals, each with its measured values and whether it holds (None: not measured)."""
+    def q(fw, size):
+        return next((x for x in qs if x["framework"] == fw and x["size"] == size), None)
+
+    sizes = sorted({r["size"] for r in rows})
+    g = {}
+    vals = {f"{fw}@{s}": q(fw, s)["train_vs_fastest"] for s in sizes for fw in OURS if q(fw, s)}
+    g["every framework trains at >= 0.8x the fastest"] = (vals, GOALS["vs_fastest"])
+    vals = {}
+    for s in sizes:
+        a, b = q("vgg_torch", s), q("torchvision", s)
+        if a and b:
+            vals[f"vgg_torch/torchvision@{s}"] = a["train_gflops"] / b["train_gflops"]
+    g["vgg_torch trains at >= torchvision's VGG"] = (vals, GOALS["vs_torchvision"])
+    vals = {f"{fw}@{s}": q(fw, s)["train_end_to_end_vs_compute"] for s in sizes for fw in OURS if q(fw, s)}
+    g["end-to-end training >= 0.95 of compute-only"] = (vals, GOALS["end_to_end"])
+    vals = {f"{fw}@224": q(fw, 224)["train_vs_matmul"] for fw in OURS if q(fw, 224) and q(fw, 224)["train_vs_matmul"]}
+    g["at 224 px, training >= 50% of the matmul rate"] = (vals, GOALS["matmul_224"])
+    return {name: {"target": t, "values": v, "holds": all(x >= t for x in v.values()) if v else None}
+            for name, (v, t) in g.items()}
+
+
+def table(rows, qs, matmul, args) -> str:
+    lines = []
+    for size in sorted({r["size"] for r in rows}):
+        spec = make_spec(args.arch, image_size=size, width_ratio=args.width_ratio)
+        lines.append(f"\n{size} px: {spec.name}, batch {args.batch_size}, {args.precision}, {args.device}; forward "
+                     f"{flops_per_example(spec) / 1e9:.3f} GFLOP/example"
+                     + (f"; matmul {matmul['precision_gflops']:.0f} GFLOP/s" if matmul else ""))
+        lines.append(f"{'':12} {'train ex/s':>10} {'x best':>6} {'e2e/cmp':>7} {'GFLOP/s':>7} {'x mm':>5} | "
+                     f"{'infer ex/s':>10} {'x best':>6} {'e2e/cmp':>7} {'x mm':>5} | "
+                     f"{'warm-up s':>11} {'peak RSS MB':>11} {'load':>4}")
+        for r in (r for r in rows if r["size"] == size):
+            if r["status"] != "ok":
+                lines.append(f"{r['framework']:12} {r['status']}: {r['message']}")
+                continue
+            x = next(x for x in qs if x["framework"] == r["framework"] and x["size"] == size)
+            f = lambda v, w, p: f"{v:>{w}.{p}f}" if v is not None else f"{'-':>{w}}"
+            lines.append(
+                f"{r['framework']:12} {r['train']['compute']['examples_per_s']:>10,.0f} {f(x['train_vs_fastest'], 6, 2)} "
+                f"{x['train_end_to_end_vs_compute']:>7.2f} {x['train_gflops']:>7.0f} {f(x['train_vs_matmul'], 5, 2)} | "
+                f"{r['infer']['compute']['examples_per_s']:>10,.0f} {f(x['infer_vs_fastest'], 6, 2)} "
+                f"{x['infer_end_to_end_vs_compute']:>7.2f} {f(x['infer_vs_matmul'], 5, 2)} | "
+                f"{r['train']['compute']['warmup_overhead_s']:>5.1f}/{r['infer']['compute']['warmup_overhead_s']:<5.1f} "
+                f"{r['peak_rss_mb']:>11,.0f} {r['load_before']:>4.1f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    load_start = os.getloadavg()
+    if args.device == "cpu" and load_start[0] > 0.5:
+        print(f"note: load average {load_start[0]:.2f} (> 0.5): other processes share the cores, numbers will be low "
+              "and noisy", file=sys.stderr)
+    try:
+        data = load_fashion_mnist(args.data_dir) if not args.data_dir or Path(args.data_dir).resolve() != SAMPLE_DIR \
+            else None
+    except DataError as e:
+        fail(str(e))
+    data_dir, source = (data.location, data.source) if data else (str(SAMPLE_DIR), "sample")
+    base = {"arch": args.arch, "width_ratio": args.width_ratio, "batch_size": args.batch_size,
+            "precision": args.precision, "device": args.device, "steps": args.steps, "seconds": args.seconds, "rounds": args.rounds,
+            "warmup": args.warmup, "prefetch": args.prefetch, "data_dir": data_dir,
+            "matmul_sizes": args.matmul_sizes, "matmul_repeats": args.matmul_repeats,
+            "torch_channels_last": args.torch_channels_last, "torch_compile": args.torch_compile,
+            "gluon_hybridize": args.gluon_hybridize, "flax_donate": args.flax_donate,
+            "flax_place_state": args.flax_place_state}
+    started = time.time()
+
+    def measure_matmul():
+        print(f"matmul rate ({', '.join(map(str, args.matmul_sizes))} squares, best of {args.matmul_repeats})...",
+              end=" ", flush=True)
+        m = run_worker({**base, "framework": "matmul"}, args.env_by.get("*", {}), args.timeout)
+        if m["status"] != "ok":
+            fail(f"matmul measurement {m['status']}: {m['message']}")
+        print(f"float32 {m['float32_gflops']:.0f} GFLOP/s" +
+              (f", {args.precision} {m['precision_gflops']:.0f} GFLOP/s" if args.precision != "float32" else ""))
+        return m
+
+    samples, matmuls = [], []
+    for rep in range(args.repeat):
+        matmuls.append(measure_matmul())  # it varies with the load too: the best sweep's is kept
+        for size in args.sizes:
+            for fw in args.frameworks:
+                print(f"{size} px {fw}{f' ({rep + 1}/{args.repeat})' if args.repeat > 1 else ''}...", end=" ", flush=True)
+                env = {**args.env_by.get("*", {}), **args.env_by.get(fw, {})}
+                r = run_worker({**base, "framework": fw, "size": size}, env, args.timeout)
+                samples.append(r)
+                print(f"train {r['train']['compute']['examples_per_s']:,.0f} ex/s, infer "
+                      f"{r['infer']['compute']['examples_per_s']:,.0f} ex/s" if r["status"] == "ok"
+                      else f"{r['status']}: {r['message']}", flush=True)
+    rows = [best_of([r for r in samples if r["framework"] == fw and r["size"] == size])
+            for size in args.sizes for fw in args.frameworks]
+
+    matmul = max(matmuls, key=lambda m: m["precision_gflops"])
+    qs = ratios(rows, matmul)
+    gs = goals(rows, qs)
+    print(table(rows, qs, matmul, args))
+    print("\nx best: against the fastest of vgg_torch, vgg_gluon, vgg_flax; e2e/cmp: end to end against compute "
+          "only; x mm: achieved GFLOP/s against the matmul rate; warm-up s: train/infer warm-up time beyond "
+          "steady state (compilation, graph building, allocation); load: 1-minute load average before")
+    for name, g in gs.items():
+        state = {True: "holds", False: "FAILS", None: "not measured"}[g["holds"]]
+        vals = ", ".join(f"{k} {v:.2f}" for k, v in g["values"].items())
+        print(f"goal: {name}: {state}" + (f" ({vals})" if vals else ""))
+
+    result = {
+        "benchmark": "throughput", "command": "python -m benchmarks.throughput " + " ".join(argv or sys.argv[1:]),
+        "config": {k: v for k, v in base.items() if k != "data_dir"} | {"sizes": args.sizes, "frameworks": args.frameworks, "repeat": args.repeat,
+                                                                      "env": args.env_by},
+        "dataset": {"source": source, "location": data_dir},
+        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(), "python": platform.python_version(),
+                    "platform": platform.platform(), "load_average_start": list(load_start),
+                    "load_average_end": list(os.getloadavg())},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": time.time() - started,
+        "matmul": matmul, "results": rows, "ratios": qs, "goals": gs,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    print(f"wrote {out}")
+    if any(r["status"] == "failed" for r in rows):
+        fail("some measurements failed (see above)", code=1)
+
+
+def _cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,430 @@
+"""One framework's measurement at one image size, in a process of its own:
+`python -m benchmarks.workers CONFIG.json RESULT.json` (benchmarks.throughput starts it).
+
+A process per (framework, size) keeps each framework's threads, allocator and peak memory
+apart, and keeps MXNet out of the torch process (importing mxnet there can drop torch to one
+thread). Each runner builds the train script's own `Backend` (vgg_X.train), so that end to end
+is exactly a training run's step (`Backend.train_step` on the loader's NumPy batch), and compute
+only calls the same module-level `train_step` on a batch already on the device. The peers are
+put into that same Backend in place of the project's model (its optimiser rebuilt for them).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.arch import flops_per_example, make_spec
+from common.cli import parse_train_args
+from common.data import SAMPLE_DIR, Loader, load_fashion_mnist, sample_dataset
+
+
+class Unsupported(Exception):
+    """This framework cannot run the requested configuration here (no GPU, no float16 kernels...)."""
+
+
+def _spec(cfg, size):
+    return make_spec(cfg["arch"], in_channels=1, num_classes=10, image_size=size, width_ratio=cfg["width_ratio"])
+
+
+def _train_args(cfg, size, compile=False):
+    """The training flags of this configuration; the optimiser is the d2l recipe's (plain SGD, lr 0.05)."""
+    arch = cfg["arch"] if isinstance(cfg["arch"], str) else repr(tuple(map(tuple, cfg["arch"])))
+    return parse_train_args([f"--arch={arch}", f"--width-ratio={cfg['width_ratio']}", f"--resize={size}",
+                             f"--batch-size={cfg['batch_size']}", f"--device={cfg['device']}", "--optimizer=sgd",
+                             "--lr=0.05", "--momentum=0", "--no-progress"] + (["--compile"] if compile else []))
+
+
+def _no_gpu(framework):
+    return Unsupported(f"--device gpu: no GPU is visible to {framework}; install its GPU build (README) or use --device cpu")
+
+
+# ---------------------------------------------------------------------------- PyTorch
+
+class Torch:
+    """vgg_torch.train.Backend, with the project's model or torchvision's VGG."""
+
+    def __init__(self, cfg, size, peer=False):
+        import torch
+        import vgg_torch.train as T
+        self.torch, self.T = torch, T
+        if cfg["device"] == "gpu" and not torch.cuda.is_available():
+            raise _no_gpu("torch")
+        if cfg["device"] == "gpu":  # float32 means float32 in all three (no TF32), as vgg_torch.evaluate
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        args = _train_args(cfg, size, compile=cfg["torch_compile"])
+        self.b = b = T.Backend(args)
+        if peer:
+            b.net = torchvision_vgg(_spec(cfg, size)).to(b.dev)
+            b.optimizer = T.make_optimizer(b.net, args)
+            b.model = torch.compile(b.net) if cfg["torch_compile"] else b.net
+        if cfg["torch_channels_last"]:
+            # in place (the optimiser keeps its parameters); a 1-channel NCHW batch is already
+            # channels-last contiguous, so the convolutions run NHWC from the first one on
+            b.net.to(memory_format=torch.channels_last)
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg["precision"])
+        # autocast around the whole step: the forward runs in low precision, autograd runs each
+        # backward op in its forward op's dtype, the weights and the SGD update stay float32
+        self.autocast = (lambda: torch.autocast(b.dev.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        self.parameters = sum(p.numel() for p in b.net.parameters())
+        self.versions = {"torch": torch.__version__}
+        self.threads = {"torch.get_num_threads": torch.get_num_threads(),
+                        **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}}
+
+    def to_device(self, x, y):
+        dev = self.b.dev
+        return self.torch.from_numpy(x).to(dev), self.torch.from_numpy(y).to(dev)
+
+    def mode(self, train):
+        self.b.start_epoch(0) if train else self.b.net.eval()
+
+    def train_step(self, x, y):
+        with self.autocast():
+            return self.T.train_step(self.b.model, self.b.optimizer, x, y)
+
+    def train_step_host(self, x, y):
+        with self.autocast():
+            return self.b.train_step(x, y)
+
+    def predict(self, x):
+        with self.torch.inference_mode(), self.autocast():
+            return self.b.model(x).argmax(1)
+
+    def predict_host(self, x):
+        return self.predict(self.torch.from_numpy(x).to(self.b.dev, non_blocking=True))
+
+    def wait(self, out):
+        return self.b.fetch(out) if isinstance(out, tuple) else out.cpu().numpy()
+
+    def memory(self):
+        if self.b.dev.type == "cuda":
+            return {"device_peak_mb": self.torch.cuda.max_memory_allocated() / 2**20}
+        return {}
+
+
+def torchvision_vgg(spec):
+    """torchvision's own VGG built from its `cfg` form at the spec's width. Two patches, so that
+    it computes exactly what vgg_torch does: the first conv takes spec.in_channels (make_layers
+    fixes 3), and the classifier's first Linear takes the real feature size (torchvision fixes
+    512 * 7 * 7), with the adaptive average pool set to that size (at 224 px it is torchvision's
+    own (7, 7); below, torchvision would upsample 1x1 maps to 7x7 and do 49x the dense work)."""
+    from torch import nn
+    from torchvision.models.vgg import VGG, make_layers
+    if spec.lrn or any(k != 3 for b in spec.blocks for k in b.kernel_sizes) or spec.hidden_units != 4096:
+        raise Unsupported(f"torchvision's VGG has no {spec.name} (LRN, 1x1 convs or a scaled classifier)")
+    cfg = []
+    for b in spec.blocks:
+        cfg += [b.out_channels] * b.num_convs + ["M"]
+    features = make_layers(cfg, batch_norm=spec.batch_norm)
+    features[0] = nn.Conv2d(spec.in_channels, spec.blocks[0].out_channels, kernel_size=3, padding=1)
+    net = VGG(features, num_classes=spec.num_classes, init_weights=True, dropout=spec.dropout)
+    net.avgpool = nn.AdaptiveAvgPool2d(spec.feature_shape[1:])
+    net.classifier[0] = nn.Linear(spec.flat_features, spec.hidden_units)
+    return net
+
+
+# ---------------------------------------------------------------------------- MXNet Gluon
+
+class Gluon:
+    """vgg_gluon.train.Backend, with the project's model or the model zoo's VGG."""
+
+    def __init__(self, cfg, size, peer=False):
+        import vgg_gluon  # noqa: F401  (restores np.bool before mxnet is imported)
+        import mxnet as mx
+        import vgg_gluon.train as G
+        from vgg_gluon import parallel
+        self.mx, self.G, self.parallel = mx, G, parallel
+        if cfg["device"] == "gpu" and mx.context.num_gpus() == 0:
+            raise _no_gpu("MXNet")
+        if cfg["precision"] == "float16" and cfg["device"] == "cpu":
+            raise Unsupported("MXNet has no float16 convolutions on the CPU (oneDNN runs float32 and bfloat16 "
+                              "there); use --precision bfloat16 on a CPU, float16 on a GPU")
+        if cfg["precision"] == "bfloat16" and cfg["device"] == "gpu":
+            raise Unsupported("MXNet 1.9's AMP offers bfloat16 on the CPU only; use --precision float16 on a GPU")
+        if cfg["precision"] != "float32":
+            from mxnet.contrib import amp
+            amp.init(target_dtype=cfg["precision"])  # before any network is built: it patches the operators
+        args = _train_args(cfg, size)
+        self.b = b = G.Backend(args)
+        if peer:
+            b.net = gluon_zoo_vgg(_spec(cfg, size))
+            b.net.initialize(ctx=b.ctx)
+            b.net.hybridize(static_alloc=True, static_shape=True)  # as Backend does with the project's
+            b.trainer = G.make_optimizer(b.net, args, b.dp.kvstore)
+        mode = cfg["gluon_hybridize"]
+        if mode != "static":  # hybridize again before the first call: the graph is not built yet
+            b.net.hybridize(active=mode == "plain", static_alloc=False, static_shape=False)
+        self.parameters = None  # the zoo infers its input sizes on the first batch
+        self.versions = {"mxnet": mx.__version__}
+        self.threads = {k: os.environ.get(k) for k in ("MXNET_CPU_WORKER_NTHREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+
+    def to_device(self, x, y):
+        return self.parallel.shard(self.b.dp, x, y)
+
+    def mode(self, train):
+        if train:
+            self.b.start_epoch(0)  # Gluon's training mode itself is autograd.record(), in train_step
+
+    def _count(self):
+        if self.parameters is None:
+            self.parameters = sum(int(np.prod(p.shape)) for p in self.b.net.collect_params().values())
+
+    def train_step(self, xs, ys):
+        out = self.G.train_step(self.b.net, self.b.trainer, xs, ys, self.b.batch_size)
+        self._count()
+        return out
+
+    def train_step_host(self, x, y):
+        return self.b.train_step(x, y)
+
+    def predict(self, xs):
+        return [self.b.net(x).argmax(axis=1) for x in xs]
+
+    def predict_host(self, x):
+        return self.predict(self.mx.gluon.utils.split_and_load(x, self.b.ctx))
+
+    def wait(self, out):
+        return self.b.fetch(out) if isinstance(out, tuple) else np.concatenate([o.asnumpy() for o in out])
+
+    def memory(self):
+        return {}
+
+
+def gluon_zoo_vgg(spec):
+    """The Gluon model zoo's VGG (mxnet.gluon.model_zoo.vision.vgg.VGG) at the spec's width:
+    its (layers, filters) form. It infers input channels and flatten size on the first batch."""
+    from mxnet.gluon.model_zoo.vision.vgg import VGG
+    if spec.lrn or any(k != 3 for b in spec.blocks for k in b.kernel_sizes) or spec.hidden_units != 4096:
+        raise Unsupported(f"the Gluon model zoo has no {spec.name} (LRN, 1x1 convs or a scaled classifier)")
+    return VGG([b.num_convs for b in spec.blocks], [b.out_channels for b in spec.blocks],
+               classes=spec.num_classes, batch_norm=spec.batch_norm)
+
+
+# ---------------------------------------------------------------------------- Flax NNX
+
+class Flax:
+    """vgg_flax.train.Backend (nnx.jit train step and predict; NCHW in, NHWC inside)."""
+
+    def __init__(self, cfg, size, peer=False):
+        import flax
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+        import vgg_flax.train as F
+        from vgg_flax import parallel
+        self.jax, self.F, self.parallel = jax, F, parallel
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:
+            gpus = []
+        if cfg["device"] == "gpu" and not gpus:
+            raise _no_gpu("JAX")
+        if cfg["device"] == "gpu":  # float32 means float32 in all three (no TF32)
+            jax.config.update("jax_default_matmul_precision", "float32")
+        if cfg["flax_place_state"]:
+            # the proposed vgg_flax/parallel.py change: `prepare` commits the state to the device on
+            # one device too. Otherwise the first step compiles for uncommitted parameters beside a
+            # committed batch, and the second compiles again for the committed state it returned.
+            def prepare(dp, *nodes):
+                for node in nodes:
+                    nnx.update(node, jax.device_put(nnx.state(node), dp.replicated))
+            parallel.prepare = prepare
+        if cfg["flax_donate"]:  # XLA may then update parameters and optimiser state in place
+            F.train_step = nnx.jit(F.train_step.fun, donate_argnums=(0, 1))
+        self.b = b = F.Backend(_train_args(cfg, size))
+        if cfg["precision"] != "float32":
+            # Flax's mixed precision is each layer's `dtype` (the computation dtype) beside its
+            # `param_dtype` (float32, kept). The model file takes no dtype argument, so the
+            # benchmark sets the attribute on every Conv and Linear after construction.
+            for _, m in b.model.iter_modules():
+                if isinstance(m, (nnx.Conv, nnx.Linear)):
+                    m.dtype = getattr(jnp, cfg["precision"])
+        self.parameters = b.parameters
+        self.versions = {"flax": flax.__version__, "jax": jax.__version__}
+        self.threads = {"XLA_FLAGS": os.environ.get("XLA_FLAGS")}
+
+    def to_device(self, x, y):
+        return self.parallel.shard(self.b.dp, x, y.astype(np.int32))
+
+    def mode(self, train):
+        self.b.start_epoch(0) if train else self.b.model.eval()
+
+    def train_step(self, x, y):
+        return self.F.train_step(self.b.model, self.b.optimizer, x, y)
+
+    def train_step_host(self, x, y):
+        return self.b.train_step(x, y)
+
+    def predict(self, x):
+        return self.F.predict(self.b.model, x)
+
+    def predict_host(self, x):
+        return self.predict(*self.parallel.shard(self.b.dp, x))
+
+    def wait(self, out):
+        return self.b.fetch(out) if isinstance(out, tuple) else np.asarray(out)
+
+    def memory(self):
+        dev = self.b.dev
+        stats = dev.memory_stats() if dev.platform != "cpu" else None
+        return {"device_peak_mb": stats["peak_bytes_in_use"] / 2**20} if stats else {}
+
+
+def matmul(cfg: dict) -> dict:
+    """The machine's matrix-multiply rate, GFLOP/s: best of `repeats` n x n products, for each n,
+    in NumPy (its OpenBLAS) and torch (MKL on a CPU, cuBLAS on a GPU); float32, and the run's
+    precision in torch when it is another."""
+    import torch
+    out, dtypes = {}, ["float32"] + ([cfg["precision"]] if cfg["precision"] != "float32" else [])
+    gpu = cfg["device"] == "gpu"
+    if gpu and not torch.cuda.is_available():
+        raise _no_gpu("torch")
+    rng = np.random.default_rng(0)
+    for n in cfg["matmul_sizes"]:
+        a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+        if not gpu:
+            best = min(_clock(lambda: a @ b) for _ in range(cfg["matmul_repeats"]))
+            out[f"numpy_float32_{n}"] = 2 * n**3 / best / 1e9
+        dev = "cuda" if gpu else "cpu"
+        sync = torch.cuda.synchronize if gpu else (lambda: None)
+        if gpu:
+            torch.backends.cuda.matmul.allow_tf32 = False
+        for dt in dtypes:
+            ta, tb = (torch.from_numpy(m).to(dev, getattr(torch, dt)) for m in (a, b))
+            (ta @ tb), sync()
+            best = min(_clock(lambda: (ta @ tb, sync())) for _ in range(cfg["matmul_repeats"]))
+            out[f"torch_{dt}_{n}"] = 2 * n**3 / best / 1e9
+    rate = lambda dt: max(v for k, v in out.items() if f"_{dt}_" in k)
+    return {"framework": "matmul", "status": "ok", "gflops": out, "float32_gflops": rate("float32"),
+            "precision_gflops": rate(cfg["precision"]), "versions": {"torch": torch.__version__, "numpy": np.__version__},
+            "threads": {"torch.get_num_threads": torch.get_num_threads()}}
+
+
+def _clock(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+RUNNERS = {
+    "vgg_torch": (Torch, False), "torchvision": (Torch, True),
+    "vgg_gluon": (Gluon, False), "gluon_zoo": (Gluon, True),
+    "vgg_flax": (Flax, False),
+}
+
+# ---------------------------------------------------------------------------- timing
+
+
+def timed(step, wait, *, warmup, steps, seconds):
+    """`warmup` untimed steps (the first one timed apart: it compiles), then `steps` timed ones
+    (or, with steps=0, as many as fit in `seconds`, at least one). Step i+1 is launched before
+    step i is waited for, as the training loop does, so asynchronous engines (XLA, MXNet, CUDA)
+    stay busy and never run more than one step ahead. Throughput is steps / elapsed time: with
+    that overlap one step has no time of its own, so the gaps between waits only show the spread."""
+    first = warm = None
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        wait(step())
+        if i == 0:
+            first = time.perf_counter() - t0
+    if warmup:
+        warm = time.perf_counter() - t0
+    marks, pending, n = [], None, 0
+    start = time.perf_counter()
+    while True:
+        out = step()
+        if pending is not None:
+            wait(pending)
+            marks.append(time.perf_counter())
+        pending, n = out, n + 1
+        if n >= steps if steps else time.perf_counter() - start >= seconds:
+            break
+    wait(pending)
+    marks.append(time.perf_counter())
+    gaps = [b - a for a, b in zip([start] + marks, marks)]
+    return {"first_step_s": first, "warmup_s": warm, "steps": n, "seconds": marks[-1] - start, "gaps_s": gaps}
+
+
+def _stats(chunks, batch, warmup):
+    """Merge the chunks of one measurement; warm-up overhead = what the warm-up steps took beyond
+    as many steady-state steps (compilation, graph building, first allocations)."""
+    steps, seconds = sum(c["steps"] for c in chunks), sum(c["seconds"] for c in chunks)
+    rate = batch * steps / seconds
+    return {"examples_per_s": rate, "steps": steps, "seconds": seconds, "first_step_s": chunks[0]["first_step_s"],
+            "warmup_steps": warmup, "warmup_overhead_s": chunks[0]["warmup_s"] - warmup * batch / rate,
+            "gaps_s": [round(t, 5) for c in chunks for t in c["gaps_s"]]}
+
+
+def _batches(loader):
+    """Endless batches, epoch after epoch; closing this closes the loader's prefetch thread."""
+    epoch = 0
+    while True:
+        yield from loader.epoch(epoch)
+        epoch += 1
+
+
+def _rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def measure(cfg: dict) -> dict:
+    size, batch = cfg["size"], cfg["batch_size"]
+    framework = cfg["framework"]
+    cls, peer = RUNNERS[framework]
+    spec = _spec(cfg, size)
+    t = time.perf_counter()
+    r = cls(cfg, size, peer=peer)
+    build_s = time.perf_counter() - t
+    rss_built = _rss_mb()
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, spec.in_channels, size, size), dtype=np.float32)
+    y = rng.integers(0, spec.num_classes, batch).astype(np.int64)
+    xd, yd = r.to_device(x, y)
+    rounds = cfg["rounds"]
+    kw = dict(steps=-(-cfg["steps"] // rounds), seconds=cfg["seconds"] / rounds)
+
+    sample = Path(cfg["data_dir"]).resolve() == SAMPLE_DIR
+    data = sample_dataset() if sample else load_fashion_mnist(cfg["data_dir"], download=False, allow_sample=False)
+    batches = _batches(Loader(data.train_images, data.train_labels, batch_size=batch, resize=size, seed=0,
+                              shuffle=True, drop_last=True, prefetch=cfg["prefetch"]))  # as common.training.run
+
+    out = {}
+    try:
+        for phase, step, host in (("train", r.train_step, r.train_step_host),
+                                  ("infer", lambda x, y: r.predict(x), lambda x, y: r.predict_host(x))):
+            r.mode(phase == "train")
+            compute, e2e = [], []
+            # compute-only and end-to-end alternate in `rounds` chunks, so that a change in the
+            # machine's load during the measurement falls on both alike (their ratio is a goal)
+            for k in range(rounds):
+                compute.append(timed(lambda: step(xd, yd), r.wait, warmup=cfg["warmup"] if k == 0 else 0, **kw))
+                # the program is compiled by now: one warm-up step starts the loader's prefetching
+                e2e.append(timed(lambda: host(*next(batches)), r.wait, warmup=int(k == 0), **kw))
+            out[phase] = {"compute": _stats(compute, batch, cfg["warmup"]), "end_to_end": _stats(e2e, batch, 1)}
+    finally:
+        batches.close()
+    fwd = flops_per_example(spec)
+    return {"framework": framework, "size": size, "status": "ok", "model": spec.name,
+            "parameters": r.parameters, "forward_flops": fwd, "train_flops": 3 * fwd,
+            "build_s": build_s, "rss_after_build_mb": rss_built, "peak_rss_mb": _rss_mb(), **r.memory(),
+            "versions": r.versions, "threads": r.threads, **out}
+
+
+def main(argv=None):
+    cfg_path, result_path = (argv or sys.argv[1:])[:2]
+    cfg = json.loads(Path(cfg_path).read_text())
+    try:
+        result = matmul(cfg) if cfg["framework"] == "matmul" else measure(cfg)
+    except Unsupported as e:
+        result = {"framework": cfg["framework"], "size": cfg.get("size"), "status": "unsupported", "message": str(e)}
+    Path(result_path).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

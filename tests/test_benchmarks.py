@@ -1,0 +1,103 @@
+"""The throughput benchmark runs on a tiny configuration and writes well-formed JSON.
+
+No timing is asserted (speed goals live in the benchmark's own report); what is checked is that
+every framework and peer was measured, that the peers were built at the same width as the
+project's models (their parameter counts against common.arch's arithmetic), and that the
+ratios in the report follow from the measurements in it.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.arch import count_parameters, make_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "fashion-mnist"
+DATA = SHARED if SHARED.is_dir() else ROOT / "common" / "data"
+FRAMEWORKS = ["vgg_torch", "vgg_gluon", "vgg_flax", "torchvision", "gluon_zoo"]
+TINY = ["--sizes", "32", "--width-ratio", "16", "--steps", "2", "--warmup", "1", "--batch-size", "32",
+        "--matmul-sizes", "256", "--matmul-repeats", "1", "--flax-place-state", "--data-dir", str(DATA)]
+
+
+def bench(*argv, out):
+    return subprocess.run([sys.executable, "-m", "benchmarks.throughput", *argv, "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "throughput.json"
+    proc = bench(*TINY, out=out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_every_framework_and_peer_is_measured(report):
+    result, stdout = report
+    assert result["benchmark"] == "throughput"
+    assert {"cpus", "load_average_start", "load_average_end"} <= set(result["machine"])
+    assert result["config"]["sizes"] == [32] and result["config"]["frameworks"] == FRAMEWORKS
+    assert result["matmul"]["float32_gflops"] > 0
+    rows = {r["framework"]: r for r in result["results"]}
+    assert sorted(rows) == sorted(FRAMEWORKS)
+    for fw, r in rows.items():
+        assert r["status"] == "ok", (fw, r.get("message"))
+        assert r["size"] == 32 and r["peak_rss_mb"] > 0
+        for phase in ("train", "infer"):
+            for mode in ("compute", "end_to_end"):
+                m = r[phase][mode]
+                assert m["steps"] == 2 and m["examples_per_s"] > 0 and m["first_step_s"] > 0, (fw, phase, mode)
+                assert m["examples_per_s"] == pytest.approx(32 * m["steps"] / m["seconds"])
+        assert fw in stdout
+
+
+def test_peers_compute_the_same_network(report):
+    """torchvision's VGG is patched (1-channel first conv, real flatten size) and the Gluon zoo's
+    is built from (layers, filters): both must hold exactly the parameters of VGG-11/16 at 32 px."""
+    expected = count_parameters(make_spec("vgg11", image_size=32, width_ratio=16))[0]
+    for r in report[0]["results"]:
+        assert r["parameters"] == expected, r["framework"]
+
+
+def test_ratios_and_goals_follow_from_the_measurements(report):
+    result = report[0]
+    rows = {r["framework"]: r for r in result["results"]}
+    ours = ["vgg_torch", "vgg_gluon", "vgg_flax"]
+    best = max(rows[f]["train"]["compute"]["examples_per_s"] for f in ours)
+    mm = result["matmul"]["precision_gflops"]
+    for q in result["ratios"]:
+        r = rows[q["framework"]]
+        train, e2e = r["train"]["compute"]["examples_per_s"], r["train"]["end_to_end"]["examples_per_s"]
+        assert q["train_vs_fastest"] == pytest.approx(train / best)
+        assert q["train_end_to_end_vs_compute"] == pytest.approx(e2e / train)
+        assert q["train_vs_matmul"] == pytest.approx(train * 3 * r["forward_flops"] / 1e9 / mm)
+    assert max(q["train_vs_fastest"] for q in result["ratios"] if q["framework"] in ours) == pytest.approx(1.0)
+    goals = result["goals"]
+    assert len(goals) == 4
+    assert goals["at 224 px, training >= 50% of the matmul rate"]["holds"] is None  # 224 was not measured
+    for g in goals.values():
+        assert g["holds"] in (True, False, None) and isinstance(g["values"], dict)
+
+
+def test_unsupported_precision_is_reported_not_crashed(tmp_path):
+    """MXNet has no float16 convolutions on a CPU: the row says so, the run still writes its JSON."""
+    out = tmp_path / "fp16.json"
+    proc = bench(*TINY, "--frameworks", "vgg_gluon", "--precision", "float16", "--device", "cpu", out=out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["status"] == "unsupported" and "float16" in row["message"]
+
+
+def test_gpu_without_a_gpu_fails_with_a_message(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: --device gpu would run")
+    proc = bench(*TINY, "--device", "gpu", out=tmp_path / "gpu.json")
+    assert proc.returncode == 2
+    assert "error: " in proc.stderr and "no GPU" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "gpu.json").exists()
