@@ -14,6 +14,7 @@ owns the model, the optimiser and the device, and offers:
     fetch(out)                -> (float loss_sum, int correct): waits for that step
     evaluate(loader)          -> accuracy over the whole loader, in inference mode
     save_checkpoint(folder, epoch) / load_checkpoint(folder) -> epoch
+    export(path)              the weights alone, canonical safetensors (vgg_X.weights.save)
 
 `run(args, backend_factory)` does the rest: data, epochs, progress bars, the d2l epoch
 line, metrics.json, the PNG, checkpoints, NaN detection and --resume.
@@ -23,6 +24,8 @@ Reports, in --out (default runs/<framework>/):
                     points within each epoch ("curve"); rewritten after every epoch
     metrics.png     train loss, train and test accuracy against epochs, as d2l draws them
     checkpoint-epochN/ + checkpoint.json   the last finished epoch (model, optimiser, RNG)
+    model.safetensors   the last epoch's weights in the neutral format (common.weights), for
+                        `python -m vgg_X.evaluate --weights` in any of the three frameworks
 """
 from __future__ import annotations
 
@@ -128,6 +131,7 @@ class Run:
         self.out = Path(out)
         self.metrics_path, self.plot_path = self.out / "metrics.json", self.out / "metrics.png"
         self.pointer = self.out / "checkpoint.json"
+        self.model_path = self.out / "model.safetensors"
 
     def last_checkpoint(self):
         """(epoch, folder) of the last good checkpoint, or None."""
@@ -152,6 +156,8 @@ class Run:
         for old in self.out.glob("checkpoint-epoch*"):
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
+        # the weights alone, in the neutral format that every framework's evaluate reads
+        backend.export(self.model_path)
 
     def write(self, metrics: dict) -> None:
         write_json(self.metrics_path, metrics)

@@ -3,6 +3,7 @@ and the side-by-side runner reports all three. Small VGGs (width ratio 8, 32 px)
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,13 @@ def test_learns_and_reports(fw, tmp_path):
     assert pointer["epoch"] == EPOCHS
     assert {p.name for p in (tmp_path / pointer["folder"]).iterdir()} == CHECKPOINT_FILES[fw]
     assert not list(tmp_path.glob(".*")), "temp files left behind"
+    # the exported weights, evaluated by the NEXT framework, give this run's test accuracy
+    other = FRAMEWORKS[(FRAMEWORKS.index(fw) + 1) % len(FRAMEWORKS)]
+    out = subprocess.run([sys.executable, "-m", f"vgg_{other}.evaluate", "--weights", str(tmp_path / "model.safetensors"),
+                          "--data-dir", DATA, "--device", "cpu"], capture_output=True, text=True, check=True).stdout
+    assert f"saved by {fw}" in out, out
+    correct, total = (int(v.replace(",", "")) for v in re.search(r"\(([\d,]+) / ([\d,]+)\)", out).groups())
+    assert abs(correct - e["test_acc"] * total) <= 3, (out, e)  # a near-tie may flip in float rounding
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)

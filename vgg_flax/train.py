@@ -24,6 +24,7 @@ from safetensors.numpy import load_file, save_file
 from common import training
 from common.cli import parse_train_args, spec_kwargs
 from vgg_flax import parallel
+from vgg_flax import weights
 from vgg_flax.model import count_parameters, vgg
 
 
@@ -124,7 +125,7 @@ class Backend:
         self.dp = parallel.setup(args)  # a mesh over --devices devices (and over processes, if launched)
         self.dev, self.primary, self.shard = self.dp.devices[0], self.dp.primary, self.dp.shard
         jax.config.update("jax_default_device", self.dev)
-        self.device, self.seed = self.dp.describe, args.seed
+        self.device, self.seed, self.normalize = self.dp.describe, args.seed, args.normalize
         self.versions = {"flax": flax.__version__, "jax": jax.__version__}
         self.threads = f"XLA_FLAGS={os.environ.get('XLA_FLAGS', 'unset (all cores)')}"
         self.model = vgg(args.arch, init=args.init, rngs=nnx.Rngs(params=args.seed, dropout=args.seed),
@@ -149,6 +150,9 @@ class Backend:
 
     def save_checkpoint(self, folder, epoch):
         save_checkpoint(folder, self.model, self.optimizer, epoch)
+
+    def export(self, path):
+        weights.save(self.model, path, normalize=str(self.normalize))
 
     def load_checkpoint(self, folder):
         epoch = load_checkpoint(folder, self.model, self.optimizer)

@@ -74,8 +74,9 @@ def from_canonical(model: nnx.Module, tensors: dict[str, np.ndarray]) -> nnx.Mod
     return model
 
 
-def save(model: nnx.Module, path) -> None:
-    save_weights(path, to_canonical(model), spec_metadata(model.spec, framework="flax"))
+def save(model: nnx.Module, path, **metadata: str) -> None:
+    """Canonical safetensors with the spec (and any extra strings, e.g. normalize) in the metadata."""
+    save_weights(path, to_canonical(model), spec_metadata(model.spec, framework="flax", **metadata))
 
 
 def load(model: nnx.Module, path) -> nnx.Module:

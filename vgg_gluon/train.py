@@ -19,6 +19,7 @@ from mxnet import autograd, gluon
 from common import training
 from common.cli import parse_train_args, spec_kwargs
 from vgg_gluon import parallel
+from vgg_gluon import weights
 from vgg_gluon.model import count_parameters, vgg
 
 loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()  # per example; mean over the batch via trainer.step
@@ -109,6 +110,7 @@ class Backend:
         self.dp = parallel.setup(args)  # the contexts, and the KVStore that joins them (and the machines)
         self.ctx, self.primary, self.shard = self.dp.devices, self.dp.primary, self.dp.shard
         self.device, self.seed, self.batch_size = self.dp.describe, args.seed, args.batch_size
+        self.normalize = args.normalize
         self.versions = {"mxnet": mx.__version__}
         # MXNet has no call that says how many OpenMP threads an operator uses; the environment decides
         self.threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset (all cores)')}"
@@ -138,6 +140,9 @@ class Backend:
 
     def save_checkpoint(self, folder, epoch):
         save_checkpoint(folder, self.net, self.trainer, epoch)
+
+    def export(self, path):
+        weights.save(self.net, path, normalize=str(self.normalize))
 
     def load_checkpoint(self, folder):
         return load_checkpoint(folder, self.net, self.trainer)

@@ -43,8 +43,9 @@ def from_canonical(net: nn.Block, tensors: dict[str, np.ndarray], ctx=None) -> n
     return net
 
 
-def save(net: nn.Block, path) -> None:
-    save_weights(path, to_canonical(net), spec_metadata(net.spec, framework="gluon"))
+def save(net: nn.Block, path, **metadata: str) -> None:
+    """Canonical safetensors with the spec (and any extra strings, e.g. normalize) in the metadata."""
+    save_weights(path, to_canonical(net), spec_metadata(net.spec, framework="gluon", **metadata))
 
 
 def load(net: nn.Block, path, ctx=None) -> nn.Block:

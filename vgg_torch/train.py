@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from common import training
 from common.cli import parse_train_args, spec_kwargs
 from vgg_torch import parallel
+from vgg_torch import weights
 from vgg_torch.model import count_parameters, vgg
 
 
@@ -89,7 +90,7 @@ class Backend:
     def __init__(self, args):
         self.dp = parallel.setup(args)  # under torchrun: this process's rank and device
         self.dev, self.primary, self.shard = self.dp.devices[0], self.dp.primary, self.dp.shard
-        self.device, self.seed = self.dp.describe, args.seed
+        self.device, self.seed, self.normalize = self.dp.describe, args.seed, args.normalize
         self.versions = {"torch": torch.__version__}
         self.threads = f"torch.get_num_threads() = {torch.get_num_threads()}"
         torch.manual_seed(args.seed)
@@ -117,6 +118,9 @@ class Backend:
 
     def save_checkpoint(self, folder, epoch):
         save_checkpoint(folder, self.net, self.optimizer, epoch)
+
+    def export(self, path):
+        weights.save(self.net, path, normalize=str(self.normalize))
 
     def load_checkpoint(self, folder):
         return load_checkpoint(folder, self.net, self.optimizer)

@@ -31,8 +31,9 @@ def from_canonical(net: nn.Module, tensors: dict[str, np.ndarray]) -> nn.Module:
     return net
 
 
-def save(net: nn.Module, path) -> None:
-    save_weights(path, to_canonical(net), spec_metadata(net.spec, framework="torch"))
+def save(net: nn.Module, path, **metadata: str) -> None:
+    """Canonical safetensors with the spec (and any extra strings, e.g. normalize) in the metadata."""
+    save_weights(path, to_canonical(net), spec_metadata(net.spec, framework="torch", **metadata))
 
 
 def load(net: nn.Module, path) -> nn.Module:
