@@ -128,7 +128,7 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                        "the download cache, else the bundled sample)")
     g.add_argument("--max-steps", type=_positive(int, "--max-steps"),
                    help="stop each epoch after this many batches (smoke runs); evaluation still sees the whole test set")
-    g.add_argument("--out", help="folder for metrics.json, the plot and the checkpoint (default runs/<framework>)")
+    g.add_argument("--out", help="folder for metrics.json, the plot, model.safetensors and the checkpoint (default runs/<framework>)")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     g.add_argument("--compile", action="store_true",
                    help="PyTorch: torch.compile the model. Gluon always hybridizes and Flax always jits, so "

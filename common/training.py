@@ -125,7 +125,7 @@ def save_plot(path, metrics: dict) -> None:
 
 
 class Run:
-    """The files of one run in `out`: metrics.json, metrics.png and the checkpoint."""
+    """The files of one run in `out`: metrics.json, metrics.png, model.safetensors and the checkpoint."""
 
     def __init__(self, out):
         self.out = Path(out)
@@ -313,5 +313,5 @@ def run(args, make_backend) -> dict:
         files.write(metrics)
     metrics.update(status="finished")
     files.write(metrics)
-    say(f"wrote {files.metrics_path}, {files.plot_path} and the checkpoint in {files.out}")
+    say(f"wrote {files.metrics_path}, {files.plot_path}, {files.model_path} and the checkpoint in {files.out}")
     return metrics

@@ -172,7 +172,7 @@ def test_torch_ddp_matches_one_process(torch_runs, tmp_path):
     # rank 0 alone reports: one epoch line, one 'wrote', one set of files, no temp files
     assert out.count("epoch 1/1:") == 1 and out.count("wrote ") == 1, out
     assert sorted(p.name for p in (d / "two").iterdir()) == ["checkpoint-epoch1", "checkpoint.json",
-                                                            "metrics.json", "metrics.png"]
+                                                            "metrics.json", "metrics.png", "model.safetensors"]
     # the controls: what a wrong convention would compute is far outside the tolerance
     ref = arrays("torch", d / "one", 1)
     for wrong in (["--lr", "0.02"], ["--batch-size", "16"]):
