@@ -28,6 +28,8 @@ from common.cli import fail
 from common.data import SAMPLE_DIR, DataError, load_fashion_mnist
 from common.training import write_json
 
+from .workers import PACKAGES
+
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ("vgg_torch", "vgg_gluon", "vgg_flax")
 PEERS = ("torchvision", "gluon_zoo")
@@ -64,8 +66,10 @@ def parse_args(argv=None):
     p.add_argument("--matmul-repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per worker process")
     p.add_argument("--out", default="benchmarks/results/throughput.json")
+    p.add_argument("--report", metavar="JSON", help="measure nothing: print the table and goals of an earlier run's JSON")
     g = p.add_argument_group("options under test (off by default: what the train scripts do)")
-    g.add_argument("--torch-channels-last", action="store_true", help="torch: NHWC memory format for model and input")
+    g.add_argument("--torch-memory-format", choices=("channels_last", "contiguous"), default="channels_last",
+                   help="torch: the model's memory format (vgg_torch.train: channels_last); torchvision's VGG gets the same")
     g.add_argument("--torch-compile", action="store_true", help="torch: torch.compile the model")
     g.add_argument("--gluon-hybridize", choices=("static", "plain", "off"), default="static",
                    help="Gluon: hybridize(static_alloc=True, static_shape=True) (default, as vgg_gluon.train), "
@@ -109,7 +113,8 @@ def run_worker(cfg: dict, env: dict, timeout: float) -> dict:
         cfg_path.write_text(json.dumps(cfg))
         load = os.getloadavg()[0]
         try:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.workers", str(cfg_path), str(result_path)],
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.workers", str(cfg_path), str(result_path),
+                                   *([PACKAGES[cfg["framework"]]] if cfg["framework"] in PACKAGES else [])],
                                   cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
             tail, code = (proc.stderr or proc.stdout).strip().splitlines()[-3:], proc.returncode
         except subprocess.TimeoutExpired:
@@ -152,10 +157,12 @@ def ratios(rows: list[dict], matmul: dict) -> list[dict]:
         for r in ok:
             q = {"framework": r["framework"], "size": size}
             for ph, flops in (("train", r["train_flops"]), ("infer", r["forward_flops"])):
-                c, e = r[ph]["compute"]["examples_per_s"], r[ph]["end_to_end"]["examples_per_s"]
+                c = r[ph]["compute"]["examples_per_s"]
+                # within each sample, where the two alternated under the same load; then averaged
+                e2e = sum(x[f"{ph}.end_to_end"] / x[f"{ph}.compute"] for x in r["samples"]) / len(r["samples"])
                 gflops = c * flops / 1e9
                 q.update({f"{ph}_vs_fastest": c / best[ph] if best[ph] else None,
-                          f"{ph}_end_to_end_vs_compute": e / c, f"{ph}_gflops": gflops,
+                          f"{ph}_end_to_end_vs_compute": e2e, f"{ph}_gflops": gflops,
                           f"{ph}_vs_matmul": gflops / matmul["precision_gflops"] if matmul else None})
             out.append(q)
     return out
@@ -184,11 +191,28 @@ def goals(rows: list[dict], qs: list[dict]) -> dict:
             for name, (v, t) in g.items()}
 
 
-def table(rows, qs, matmul, args) -> str:
+def report(result: dict) -> str:
+    """Add the ratios and goals to a result; return the table and the goals as text."""
+    rows, matmul, cfg = result["results"], result["matmul"], result["config"]
+    result["ratios"] = qs = ratios(rows, matmul)
+    result["goals"] = gs = goals(rows, qs)
+    lines = [table(rows, qs, matmul, cfg),
+             "\nx best: against the fastest of vgg_torch, vgg_gluon, vgg_flax; e2e/cmp: end to end against compute "
+             "only (within each sample, where they alternate; averaged over samples); x mm: achieved GFLOP/s against "
+             "the matmul rate; warm-up s: train/infer warm-up time beyond steady state (compilation, graph building, "
+             "allocation); load: 1-minute load average before"]
+    for name, g in gs.items():
+        state = {True: "holds", False: "FAILS", None: "not measured"}[g["holds"]]
+        vals = ", ".join(f"{k} {v:.2f}" for k, v in g["values"].items())
+        lines.append(f"goal: {name}: {state}" + (f" ({vals})" if vals else ""))
+    return "\n".join(lines)
+
+
+def table(rows, qs, matmul, cfg) -> str:
     lines = []
     for size in sorted({r["size"] for r in rows}):
-        spec = make_spec(args.arch, image_size=size, width_ratio=args.width_ratio)
-        lines.append(f"\n{size} px: {spec.name}, batch {args.batch_size}, {args.precision}, {args.device}; forward "
+        spec = make_spec(cfg["arch"], image_size=size, width_ratio=cfg["width_ratio"])
+        lines.append(f"\n{size} px: {spec.name}, batch {cfg['batch_size']}, {cfg['precision']}, {cfg['device']}; forward "
                      f"{flops_per_example(spec) / 1e9:.3f} GFLOP/example"
                      + (f"; matmul {matmul['precision_gflops']:.0f} GFLOP/s" if matmul else ""))
         lines.append(f"{'':12} {'train ex/s':>10} {'x best':>6} {'e2e/cmp':>7} {'GFLOP/s':>7} {'x mm':>5} | "
@@ -212,6 +236,15 @@ def table(rows, qs, matmul, args) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.report:
+        try:
+            result = json.loads(Path(args.report).read_text())
+            text = report(result)
+        except (OSError, ValueError, KeyError) as e:
+            fail(f"--report {args.report}: cannot read a throughput result there ({e})")
+        print(f"{result['command']}  ({result['time']}, load average {result['machine']['load_average_start'][0]:.2f} "
+              f"at the start)\n{text}")
+        return
     load_start = os.getloadavg()
     if args.device == "cpu" and load_start[0] > 0.5:
         print(f"note: load average {load_start[0]:.2f} (> 0.5): other processes share the cores, numbers will be low "
@@ -226,7 +259,7 @@ def main(argv=None):
             "precision": args.precision, "device": args.device, "steps": args.steps, "seconds": args.seconds, "rounds": args.rounds,
             "warmup": args.warmup, "prefetch": args.prefetch, "data_dir": data_dir,
             "matmul_sizes": args.matmul_sizes, "matmul_repeats": args.matmul_repeats,
-            "torch_channels_last": args.torch_channels_last, "torch_compile": args.torch_compile,
+            "torch_memory_format": args.torch_memory_format, "torch_compile": args.torch_compile,
             "gluon_hybridize": args.gluon_hybridize, "flax_donate": args.flax_donate,
             "flax_place_state": args.flax_place_state}
     started = time.time()
@@ -256,18 +289,6 @@ def main(argv=None):
     rows = [best_of([r for r in samples if r["framework"] == fw and r["size"] == size])
             for size in args.sizes for fw in args.frameworks]
 
-    matmul = max(matmuls, key=lambda m: m["precision_gflops"])
-    qs = ratios(rows, matmul)
-    gs = goals(rows, qs)
-    print(table(rows, qs, matmul, args))
-    print("\nx best: against the fastest of vgg_torch, vgg_gluon, vgg_flax; e2e/cmp: end to end against compute "
-          "only; x mm: achieved GFLOP/s against the matmul rate; warm-up s: train/infer warm-up time beyond "
-          "steady state (compilation, graph building, allocation); load: 1-minute load average before")
-    for name, g in gs.items():
-        state = {True: "holds", False: "FAILS", None: "not measured"}[g["holds"]]
-        vals = ", ".join(f"{k} {v:.2f}" for k, v in g["values"].items())
-        print(f"goal: {name}: {state}" + (f" ({vals})" if vals else ""))
-
     result = {
         "benchmark": "throughput", "command": "python -m benchmarks.throughput " + " ".join(argv or sys.argv[1:]),
         "config": {k: v for k, v in base.items() if k != "data_dir"} | {"sizes": args.sizes, "frameworks": args.frameworks, "repeat": args.repeat,
@@ -277,8 +298,9 @@ def main(argv=None):
                     "platform": platform.platform(), "load_average_start": list(load_start),
                     "load_average_end": list(os.getloadavg())},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": time.time() - started,
-        "matmul": matmul, "results": rows, "ratios": qs, "goals": gs,
+        "matmul": max(matmuls, key=lambda m: m["precision_gflops"]), "results": rows,
     }
+    print(report(result))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)

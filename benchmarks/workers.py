@@ -11,6 +11,7 @@ put into that same Backend in place of the project's model (its optimiser rebuil
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import resource
@@ -18,11 +19,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# The framework's package before anything else, as `python -m vgg_X.train` loads it: its __init__
+# may set environment (threads) that NumPy or the framework reads when it loads.
+if __name__ == "__main__" and len(sys.argv) > 3:
+    importlib.import_module(sys.argv[3])
 
-from common.arch import flops_per_example, make_spec
-from common.cli import parse_train_args
-from common.data import SAMPLE_DIR, Loader, load_fashion_mnist, sample_dataset
+import numpy as np  # noqa: E402
+
+from common.arch import flops_per_example, make_spec  # noqa: E402
+from common.cli import parse_train_args  # noqa: E402
+from common.data import SAMPLE_DIR, Loader, load_fashion_mnist, sample_dataset  # noqa: E402
 
 
 class Unsupported(Exception):
@@ -64,10 +70,10 @@ class Torch:
             b.net = torchvision_vgg(_spec(cfg, size)).to(b.dev)
             b.optimizer = T.make_optimizer(b.net, args)
             b.model = torch.compile(b.net) if cfg["torch_compile"] else b.net
-        if cfg["torch_channels_last"]:
-            # in place (the optimiser keeps its parameters); a 1-channel NCHW batch is already
-            # channels-last contiguous, so the convolutions run NHWC from the first one on
-            b.net.to(memory_format=torch.channels_last)
+        # in place (the optimiser keeps its parameters); a 1-channel NCHW batch is already
+        # channels-last contiguous, so the convolutions run NHWC from the first one on
+        b.net.to(memory_format={"channels_last": torch.channels_last,
+                                "contiguous": torch.contiguous_format}[cfg["torch_memory_format"]])
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg["precision"])
         # autocast around the whole step: the forward runs in low precision, autograd runs each
         # backward op in its forward op's dtype, the weights and the SGD update stay float32
@@ -162,7 +168,8 @@ class Gluon:
             b.net.hybridize(active=mode == "plain", static_alloc=False, static_shape=False)
         self.parameters = None  # the zoo infers its input sizes on the first batch
         self.versions = {"mxnet": mx.__version__}
-        self.threads = {k: os.environ.get(k) for k in ("MXNET_CPU_WORKER_NTHREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+        self.threads = {k: os.environ.get(k) for k in ("MXNET_CPU_WORKER_NTHREADS", "OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS",
+                                                     "OMP_WAIT_POLICY")}
 
     def to_device(self, x, y):
         return self.parallel.shard(self.b.dp, x, y)
@@ -312,6 +319,8 @@ def _clock(fn):
     return time.perf_counter() - t
 
 
+PACKAGES = {"vgg_torch": "vgg_torch", "torchvision": "vgg_torch", "vgg_gluon": "vgg_gluon",
+            "gluon_zoo": "vgg_gluon", "vgg_flax": "vgg_flax"}
 RUNNERS = {
     "vgg_torch": (Torch, False), "torchvision": (Torch, True),
     "vgg_gluon": (Gluon, False), "gluon_zoo": (Gluon, True),

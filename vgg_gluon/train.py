@@ -113,7 +113,8 @@ class Backend:
         self.normalize = args.normalize
         self.versions = {"mxnet": mx.__version__}
         # MXNet has no call that says how many OpenMP threads an operator uses; the environment decides
-        self.threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset (all cores)')}"
+        self.threads = (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ
+                        else f"MXNET_OMP_MAX_THREADS={os.environ.get('MXNET_OMP_MAX_THREADS')}")
         mx.random.seed(args.seed)
         self.net = vgg(args.arch, init=args.init, **spec_kwargs(args, args.resize))
         self.parameters = count_parameters(self.net)[0]
