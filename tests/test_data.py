@@ -318,6 +318,16 @@ def test_resize_matches_torch_on_real_images(size):
     assert np.abs(got - want).max() < 1e-5
 
 
+@pytest.mark.parametrize('size', [32, 96, 224])
+def test_resize_of_an_image_does_not_depend_on_its_batch(size):
+    # Data-parallel shards resize parts of the global batch: each image must come out bit for
+    # bit as it does alone (one large GEMM over the whole batch did not, on some CPUs).
+    images = sample_dataset().train_images[:37].astype(np.float32) / 255
+    whole = resize_bilinear(images, size)
+    for part in (slice(0, 1), slice(5, 6), slice(0, 16), slice(16, None), slice(3, 29)):
+        assert np.array_equal(resize_bilinear(images[part], size), whole[part])
+
+
 # ---------------------------------------------------------------------------- Loader
 
 def small(n=50):
