@@ -2,7 +2,8 @@
 accuracy of canonical weights (common.weights), whichever framework wrote them.
 
 The flags, the checks and the report are defined once here; each framework's evaluate.py
-supplies `load_model(spec, tensors, device)` and `accuracy(net, loader, device)`.
+supplies `load_model(spec, tensors, device)` and `predict(net, x, device)`: the predicted
+classes of one NCHW NumPy batch, as a NumPy array.
 No framework is imported here.
 """
 from __future__ import annotations
@@ -14,7 +15,15 @@ from .data import DataError, Loader, load_fashion_mnist
 from .weights import WeightsError, read_spec
 
 
-def evaluate_main(prog: str, argv, *, framework: str, pick_device, load_model, accuracy) -> float:
+def accuracy(predict, loader) -> float:
+    """The fraction of the loader's images whose class `predict(x)` gets right."""
+    correct = total = 0
+    for x, y in loader:
+        correct, total = correct + int((predict(x) == y).sum()), total + len(y)
+    return correct / total
+
+
+def evaluate_main(prog: str, argv, *, framework: str, pick_device, load_model, predict) -> float:
     p = argparse.ArgumentParser(prog=f"python -m {prog}",
                                 description=f"Test accuracy on Fashion-MNIST, in {framework}, of weights saved by any of the three frameworks.")
     p.add_argument("--weights", required=True, metavar="FILE.safetensors",
@@ -44,7 +53,7 @@ def evaluate_main(prog: str, argv, *, framework: str, pick_device, load_model, a
     normalize = metadata.get("normalize", "false").lower() in ("true", "1")
     loader = Loader(data.test_images, data.test_labels, batch_size=args.batch_size, resize=h, shuffle=False,
                     normalize=normalize)
-    acc = accuracy(net, loader, device)
+    acc = accuracy(lambda x: predict(net, x, device), loader)
     print(f"{framework} on {device}: {spec.name} ({h}x{h} px{', normalised' if normalize else ''}) "
           f"from {args.weights} (saved by {metadata.get('framework', 'unknown')})")
     print(data.describe())

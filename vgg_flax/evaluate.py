@@ -37,17 +37,14 @@ def _predict(model, x):
     return model(x).argmax(-1)
 
 
-def accuracy(model, loader, device) -> float:
-    correct = total = 0
-    for x, y in loader:  # NCHW from the loader, NHWC for Flax: the one transpose
-        pred = np.asarray(_predict(model, jax.device_put(np.transpose(x, (0, 2, 3, 1)), device)))
-        correct, total = correct + int((pred == y).sum()), total + len(y)
-    return correct / total
+def predict(model, x, device):
+    # NCHW from the loader, NHWC for Flax: the one transpose
+    return np.asarray(_predict(model, jax.device_put(np.transpose(x, (0, 2, 3, 1)), device)))
 
 
 def main(argv=None):
     evaluate_main("vgg_flax.evaluate", argv, framework=f"Flax {flax.__version__}",
-                  pick_device=pick_device, load_model=load_model, accuracy=accuracy)
+                  pick_device=pick_device, load_model=load_model, predict=predict)
 
 
 if __name__ == "__main__":

@@ -27,17 +27,14 @@ def load_model(spec, tensors, device):
     return net
 
 
-def accuracy(net, loader, device) -> float:
-    correct = total = 0
-    for x, y in loader:  # outside autograd.record(): inference mode (no dropout, running statistics)
-        pred = net(mx.nd.array(x, ctx=device)).argmax(axis=1).asnumpy()
-        correct, total = correct + int((pred == y).sum()), total + len(y)
-    return correct / total
+def predict(net, x, device):
+    # outside autograd.record(): inference mode (no dropout, running statistics)
+    return net(mx.nd.array(x, ctx=device)).argmax(axis=1).asnumpy()
 
 
 def main(argv=None):
     evaluate_main("vgg_gluon.evaluate", argv, framework=f"MXNet Gluon {mx.__version__}",
-                  pick_device=pick_device, load_model=load_model, accuracy=accuracy)
+                  pick_device=pick_device, load_model=load_model, predict=predict)
 
 
 if __name__ == "__main__":

@@ -25,18 +25,14 @@ def load_model(spec, tensors, device) -> torch.nn.Module:
     return from_canonical(vgg(spec).to(device), tensors).eval()
 
 
-def accuracy(net, loader, device) -> float:
-    correct = total = 0
-    with torch.inference_mode():
-        for x, y in loader:
-            pred = net(torch.from_numpy(x).to(device)).argmax(1).cpu().numpy()
-            correct, total = correct + int((pred == y).sum()), total + len(y)
-    return correct / total
+@torch.inference_mode()
+def predict(net, x, device):
+    return net(torch.from_numpy(x).to(device)).argmax(1).cpu().numpy()
 
 
 def main(argv=None):
     evaluate_main("vgg_torch.evaluate", argv, framework=f"PyTorch {torch.__version__}",
-                  pick_device=pick_device, load_model=load_model, accuracy=accuracy)
+                  pick_device=pick_device, load_model=load_model, predict=predict)
 
 
 if __name__ == "__main__":
