@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from common.arch import flops_per_example, make_spec  # noqa: E402
 from common.cli import parse_train_args  # noqa: E402
 from common.data import SAMPLE_DIR, Loader, load_fashion_mnist, sample_dataset  # noqa: E402
+from common.training import keep_freed_memory  # noqa: E402
 
 
 class Unsupported(Exception):
@@ -428,6 +429,7 @@ def measure(cfg: dict) -> dict:
 def main(argv=None):
     cfg_path, result_path = (argv or sys.argv[1:])[:2]
     cfg = json.loads(Path(cfg_path).read_text())
+    keep_freed_memory()  # as common.training.run does for the train scripts; the peers get it too
     try:
         result = matmul(cfg) if cfg["framework"] == "matmul" else measure(cfg)
     except Unsupported as e:

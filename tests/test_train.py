@@ -245,3 +245,38 @@ def test_trains_on_gpu(fw):
         if step == 299:
             break
     assert np.mean(losses[-30:]) < 0.7 * np.mean(losses[:30]), (losses[:30], losses[-30:])
+
+
+KEEP_PROBE = """
+import ctypes, sys
+import numpy as np
+from common.training import keep_freed_memory
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = MallInfo2
+kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+before = mallinfo2().hblks  # blocks mapped on their own (import-time ones included)
+a = np.ones(100 << 20, np.uint8)  # 100 MiB, as one large activation
+mmapped = mallinfo2().hblks - before
+del a
+print(kept, mmapped, mallinfo2().fordblks >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_keep_freed_memory_serves_large_blocks_from_the_heap_and_keeps_them():
+    """The train scripts' allocator setting: a large block comes from malloc's heap, not an mmap
+    of its own, and stays with malloc (free for the next step) after it is freed. Without it,
+    glibc maps the block and unmaps it on free."""
+    def probe(mode):
+        out = subprocess.run([sys.executable, "-c", KEEP_PROBE, mode], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0], int(out[1]), int(out[2])
+
+    assert probe("keep")[0] == "True"
+    _, mmapped, free_mib = probe("keep")
+    assert mmapped == 0 and free_mib >= 100
+    _, mmapped, free_mib = probe("default")
+    assert mmapped == 1 and free_mib < 100
