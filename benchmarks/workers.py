@@ -286,8 +286,11 @@ class Flax:
 
 def matmul(cfg: dict) -> dict:
     """The machine's matrix-multiply rate, GFLOP/s: best of `repeats` n x n products, for each n,
-    in NumPy (its OpenBLAS) and torch (MKL on a CPU, cuBLAS on a GPU); float32, and the run's
-    precision in torch when it is another."""
+    in NumPy (its OpenBLAS), torch (MKL on a CPU, cuBLAS on a GPU) and, on a CPU, oneDNN (the
+    same product as a 1x1 convolution, which is what the frameworks' CPU convolutions run on);
+    float32, and the run's precision in torch when it is another. oneDNN matters where BLAS
+    lags the CPU: on this project's AMD EPYC (Zen 5, AVX-512) NumPy's OpenBLAS picks its
+    Haswell (AVX2) kernels and torch's matmul reaches 175, oneDNN 330-420 GFLOP/s."""
     import torch
     out, dtypes = {}, ["float32"] + ([cfg["precision"]] if cfg["precision"] != "float32" else [])
     gpu = cfg["device"] == "gpu"
@@ -299,6 +302,12 @@ def matmul(cfg: dict) -> dict:
         if not gpu:
             best = min(_clock(lambda: a @ b) for _ in range(cfg["matmul_repeats"]))
             out[f"numpy_float32_{n}"] = 2 * n**3 / best / 1e9
+            # (1, n, n, 1) channels-last input, (n, n, 1, 1) kernel: out[o, h] = sum_c w[o, c] x[c, h]
+            x = torch.from_numpy(a).reshape(1, n, n, 1).contiguous(memory_format=torch.channels_last)
+            w = torch.from_numpy(b).reshape(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
+            torch.nn.functional.conv2d(x, w)
+            best = min(_clock(lambda: torch.nn.functional.conv2d(x, w)) for _ in range(cfg["matmul_repeats"]))
+            out[f"onednn_float32_{n}"] = 2 * n**3 / best / 1e9
         dev = "cuda" if gpu else "cpu"
         sync = torch.cuda.synchronize if gpu else (lambda: None)
         if gpu:
