@@ -38,7 +38,10 @@ def make_optimizer(net, args):
     adam: betas (0.9, 0.999), eps 1e-8 added to the bias-corrected sqrt(v). No weight decay."""
     if args.optimizer == "sgd":
         return torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
-    return torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    # fused: one kernel over all parameters instead of a dozen elementwise passes (CPU and CUDA;
+    # Gluon's adam_update and optax under nnx.jit are fused already). VGG-11/4 at 32 px, 2 cores,
+    # the CPU preset's step: 487-588 -> 720-807 examples/s. For SGD it measured no better.
+    return torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
 
 
 def evaluate(net, loader, device) -> float:
