@@ -141,8 +141,10 @@ def main(argv=None):
         return  # --devices N: torchrun has run the N processes
     try:
         training.run(args, Backend)
-    finally:
-        parallel.cleanup()
+    except BaseException:
+        parallel.cleanup(together=False)
+        raise
+    parallel.cleanup()
 
 
 if __name__ == "__main__":
