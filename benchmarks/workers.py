@@ -49,7 +49,7 @@ def _train_args(cfg, size, compile=False):
 
 
 def _no_gpu(framework):
-    return Unsupported(f"--device gpu: no GPU is visible to {framework}; install its GPU build (README) or use --device cpu")
+    return Unsupported(f"--device gpu: no GPU is visible to {framework}; install its GPU build (docs/gpus.md) or use --device cpu")
 
 
 # ---------------------------------------------------------------------------- PyTorch

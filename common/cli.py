@@ -55,7 +55,7 @@ PRESETS = {
                 optimizer="sgd", momentum=0.0, normalize=False, init="xavier"),
     # For a laptop or a 2-core CI box: learns in one epoch. 32 px is 49x fewer pixels than 224.
     # There plain SGD at lr 0.05 stays at chance for the whole epoch; Adam (seed 001's optimiser)
-    # on standardised pixels learns fastest of what was tried (README, "Training").
+    # on standardised pixels learns fastest of what was tried (docs/training.md).
     "cpu": dict(arch="vgg11", width_ratio=4, resize=32, epochs=1, batch_size=128, lr=0.001,
                 optimizer="adam", momentum=0.0, normalize=True, init="xavier"),
 }
@@ -123,7 +123,7 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "started: torchrun's processes, all local devices of a jax.distributed process). "
                         "--batch-size is the GLOBAL batch, split evenly over all devices of all machines, and "
                         "--lr applies to it unscaled, so the same flags compute the same updates on any number "
-                        "of devices (README, 'Several devices and machines')")
+                        "of devices (docs/parallel.md)")
     g.add_argument("--data-dir", help="folder with the four Fashion-MNIST files (default: $FASHION_MNIST_DIR, "
                                        "the download cache, else the bundled sample)")
     g.add_argument("--max-steps", type=_positive(int, "--max-steps"),

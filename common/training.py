@@ -116,7 +116,7 @@ def padded_batches(loader: Loader):
 def pick_device(requested: str, gpu_visible: bool, framework: str) -> bool:
     """True for the GPU. `auto` takes one when visible; `gpu` without one is an expected error."""
     if requested == "gpu" and not gpu_visible:
-        fail(f"--device gpu: no GPU is visible to {framework}. Install its GPU build (README, 'GPUs') "
+        fail(f"--device gpu: no GPU is visible to {framework}. Install its GPU build (docs/gpus.md) "
              "or use --device cpu")
     return requested != "cpu" and gpu_visible
 
