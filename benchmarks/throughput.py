@@ -40,7 +40,7 @@ GOALS = {"vs_fastest": 0.8, "vs_torchvision": 1.0, "end_to_end": 0.95, "matmul_2
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="vgg11", type=parse_arch, help="a table name or the seeds' tuples (default vgg11)")
+    p.add_argument("--arch", default="vgg11", type=parse_arch, help="a table name or d2l's conv_arch tuples (default vgg11)")
     p.add_argument("--width-ratio", type=int, default=4, help="divide every block's channels by this (default 4)")
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 96, 224], help="image sizes (default 32 96 224)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -169,7 +169,7 @@ def ratios(rows: list[dict], matmul: dict) -> list[dict]:
 
 
 def goals(rows: list[dict], qs: list[dict]) -> dict:
-    """The issue's goals, each with its measured values and whether it holds (None: not measured)."""
+    """The speed goals (GOALS), each with its measured values and whether it holds (None: not measured)."""
     def q(fw, size):
         return next((x for x in qs if x["framework"] == fw and x["size"] == size), None)
 

@@ -59,8 +59,8 @@ CONFIGS = {
 }
 ALIASES = {"A": "vgg11", "A-LRN": "vgg11_lrn", "B": "vgg13", "C": "vgg16_c", "D": "vgg16", "E": "vgg19"}
 
-# The seeds' VGG-11, in their own (num_convs, out_channels) form.
-SEED_CONV_ARCH = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
+# VGG-11 in d2l's `conv_arch` form: (num_convs, out_channels) per block.
+D2L_CONV_ARCH = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
 
 # The local response normalisation of A-LRN (AlexNet's constants). The sum over
 # the channel window is scaled by alpha / size, as torch, MXNet and the Flax
@@ -118,7 +118,7 @@ def _parse_tuples(arch) -> tuple[Block, ...]:
 
 
 def parse_arch(text: str):
-    """Parse a command-line --arch: a name, or the seeds' tuples as text."""
+    """Parse a command-line --arch: a name, or d2l's `conv_arch` tuples as text."""
     text = text.strip()
     if text[:1] in "([":
         import ast
@@ -141,10 +141,11 @@ def make_spec(
     dropout: float = 0.5,
     batch_norm: bool | None = None,
 ) -> VGGSpec:
-    """Resolve a name ('vgg11', 'D', 'vgg16_bn', ...) or the seeds' tuples into a spec.
+    """Resolve a name ('vgg11', 'D', 'vgg16_bn', ...) or d2l's `conv_arch` tuples into a spec.
 
-    width_ratio divides every block's channels (the seeds' `ratio = 4`);
-    scale_classifier divides the 4096 hidden units by the same ratio (seed 001).
+    width_ratio divides every block's channels (d2l's `ratio = 4`);
+    scale_classifier divides the 4096 hidden units by the same ratio (as d2lzh_pytorch's
+    `ratio = 8` does).
     batch_norm overrides the table's choice (None keeps it).
     """
     if isinstance(arch, VGGSpec):
@@ -187,13 +188,14 @@ def make_spec(
     hidden = HIDDEN_UNITS // width_ratio if scale_classifier else HIDDEN_UNITS
     if width_ratio != 1:
         name = f"{name}/{width_ratio}"
-    return VGGSpec(name, tuple(scaled), in_channels, num_classes, size, hidden, dropout, bn, lrn)
+    return VGGSpec(name=name, blocks=tuple(scaled), in_channels=in_channels, num_classes=num_classes,
+                   image_size=size, hidden_units=hidden, dropout=dropout, batch_norm=bn, lrn=lrn)
 
 
 # --- arithmetic: the independent oracle ------------------------------------
 
 
-def layer_shapes(spec: VGGSpec, batch: int = 1) -> list[tuple[str, tuple[int, ...]]]:
+def expected_shapes(spec: VGGSpec, batch: int = 1) -> list[tuple[str, tuple[int, ...]]]:
     """NCHW output shape after each block, then after flatten and each dense layer."""
     c, (h, w) = spec.in_channels, spec.image_size
     out = []
@@ -205,7 +207,7 @@ def layer_shapes(spec: VGGSpec, batch: int = 1) -> list[tuple[str, tuple[int, ..
     return out
 
 
-def count_parameters(spec: VGGSpec) -> tuple[int, int]:
+def expected_counts(spec: VGGSpec) -> tuple[int, int]:
     """(trainable parameters, buffer values). Buffers are batch-norm running mean and variance."""
     params = buffers = 0
     cin = spec.in_channels
@@ -235,7 +237,7 @@ def flops_per_example(spec: VGGSpec) -> int:
 
 
 def format_summary(rows, title: str | None = None) -> str:
-    """The seeds' printout: one line per block and dense layer."""
+    """d2l's per-block shape printout (`vgg_block_1 output shape: ...`): one line per block and dense layer."""
     lines = [title] if title else []
     for name, shape in rows:
         label = f"vgg_block_{name[5:]}" if name.startswith("block") else name

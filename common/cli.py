@@ -9,10 +9,10 @@ from .arch import ArchError, make_spec, parse_arch, valid_names
 
 def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--arch", default="vgg11", type=parse_arch,
-                   help=f"a table name ({', '.join(valid_names())}) or the seeds' (num_convs, out_channels) "
-                        "tuples, e.g. '((1,64),(1,128),(2,256),(2,512),(2,512))' (default: vgg11)")
-    p.add_argument("--width-ratio", type=int, default=1, help="divide every block's channels by this (the seeds' ratio = 4)")
-    p.add_argument("--scale-classifier", action="store_true", help="divide the 4096 hidden units by --width-ratio too (seed 001)")
+                   help=f"a table name ({', '.join(valid_names())}) or d2l's conv_arch, (num_convs, "
+                        "out_channels) per block, e.g. '((1,64),(1,128),(2,256),(2,512),(2,512))' (default: vgg11)")
+    p.add_argument("--width-ratio", type=int, default=1, help="divide every block's channels by this (d2l's ratio = 4)")
+    p.add_argument("--scale-classifier", action="store_true", help="divide the 4096 hidden units by --width-ratio too (as d2lzh_pytorch's ratio = 8 does)")
     p.add_argument("--in-channels", type=int, default=1, help="1 for Fashion-MNIST, 3 for ImageNet")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--dropout", type=float, default=0.5)
@@ -31,7 +31,7 @@ def fail(msg: str, code: int = 2):
 
 
 def model_main(prog, argv, *, build, summary, count):
-    """`python -m vgg_X.model`: print the seeds' per-block shape summary and the parameter counts."""
+    """`python -m vgg_X.model`: print d2l's per-block shape summary and the parameter counts."""
     p = add_model_args(argparse.ArgumentParser(prog=f"python -m {prog}", description=summary.__module__ + ": VGG shape summary"))
     p.add_argument("--image-size", type=int, default=224, help="input height and width (at least 32 for five blocks)")
     args = p.parse_args(argv)
@@ -50,11 +50,11 @@ def model_main(prog, argv, *, build, summary, count):
 # Named presets: explicit flag values, applied as defaults, so any flag given on the
 # command line still wins (`--preset cpu --epochs 3`).
 PRESETS = {
-    # Seed 000's d2l recipe (d2l.train_ch6): a GPU job, ~0.92 test accuracy after 10 epochs.
+    # The d2l recipe (d2l.train_ch6): a GPU job, test accuracy 0.925 after 10 epochs.
     "d2l": dict(arch="vgg11", width_ratio=4, resize=224, epochs=10, batch_size=128, lr=0.05,
                 optimizer="sgd", momentum=0.0, normalize=False, init="xavier"),
     # For a laptop or a 2-core CI box: learns in one epoch. 32 px is 49x fewer pixels than 224.
-    # There plain SGD at lr 0.05 stays at chance for the whole epoch; Adam (seed 001's optimiser)
+    # There plain SGD at lr 0.05 stays at chance for the whole epoch; Adam (d2lzh_pytorch's optimiser)
     # on standardised pixels learns fastest of what was tried (docs/training.md).
     "cpu": dict(arch="vgg11", width_ratio=4, resize=32, epochs=1, batch_size=128, lr=0.001,
                 optimizer="adam", momentum=0.0, normalize=True, init="xavier"),
@@ -62,8 +62,8 @@ PRESETS = {
 
 PRESET_HELP = """\
 presets (each sets the flags below as defaults; flags you give still win):
-  d2l  the default: seed 000's d2l recipe, VGG-11 at width ratio 4, 224 px, SGD lr 0.05,
-       batch 128, 10 epochs, Xavier init. Made for a GPU (~0.92 test accuracy); on a CPU
+  d2l  the default: the d2l recipe (d2l.train_ch6), VGG-11 at width ratio 4, 224 px, SGD lr 0.05,
+       batch 128, 10 epochs, Xavier init. Made for a GPU (test accuracy 0.925); on a CPU
        one epoch at 224 px takes hours.
   cpu  for a CPU (a laptop, a 2-core box): 32 px, Adam lr 0.001, pixels standardised with the
        training set's mean and std, 1 epoch: 0.86 test accuracy in each framework, one epoch

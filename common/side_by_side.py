@@ -68,7 +68,7 @@ PIECES = (
           {"torch": ("init_weights",), "gluon": ("_initializers",), "flax": ("_initializers",)}),
     Piece("shapes", "The shape summary", "model", _same("layer_shapes", "summary")),
     Piece("count", "Counting parameters and state", "model", _same("count_parameters")),
-    Piece("setup", "Device, seeds, compilation", "train", _same("Backend.__init__", "Backend.start_epoch")),
+    Piece("setup", "Device, random seeds, compilation", "train", _same("Backend.__init__", "Backend.start_epoch")),
     Piece("optimizer", "The optimiser", "train", _same("make_optimizer")),
     Piece("step", "One training step", "train", _same("train_step", "Backend.train_step")),
     Piece("evaluate", "Evaluation", "train", _same("evaluate")),

@@ -100,9 +100,9 @@ def spec_metadata(spec: VGGSpec, **extra: str) -> dict[str, str]:
 def spec_from_metadata(metadata: dict[str, str]) -> VGGSpec:
     try:
         f = json.loads(metadata["spec"])
-        return VGGSpec(f["name"], tuple(Block(c, tuple(ks)) for c, ks in f["blocks"]), f["in_channels"],
-                       f["num_classes"], tuple(f["image_size"]), f["hidden_units"], f["dropout"],
-                       f["batch_norm"], f["lrn"])
+        return VGGSpec(name=f["name"], blocks=tuple(Block(c, tuple(ks)) for c, ks in f["blocks"]),
+                       in_channels=f["in_channels"], num_classes=f["num_classes"], image_size=tuple(f["image_size"]),
+                       hidden_units=f["hidden_units"], dropout=f["dropout"], batch_norm=f["batch_norm"], lrn=f["lrn"])
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"the file's metadata holds no usable VGG spec ({type(e).__name__}: {e}); "
                            f"was it written by this project's save()?") from None

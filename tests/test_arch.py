@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from common.arch import (SEED_CONV_ARCH, ArchError, count_parameters, flops_per_example, layer_shapes,
-                         make_spec, parse_arch, valid_names)
+from common.arch import (D2L_CONV_ARCH, ArchError, expected_counts, expected_shapes, flops_per_example, make_spec,
+                         parse_arch, valid_names)
 
 # torchvision's published trainable-parameter counts (3x224x224, 1000 classes).
 TORCHVISION = {"vgg11": 132_863_336, "vgg13": 133_047_848, "vgg16": 138_357_544, "vgg19": 143_667_240,
@@ -16,28 +16,28 @@ TABLE2 = {"A": 133, "A-LRN": 133, "B": 133, "C": 134, "D": 138, "E": 144}
 
 @pytest.mark.parametrize("name,expected", TORCHVISION.items())
 def test_counts_match_torchvision(name, expected):
-    assert count_parameters(make_spec(name, in_channels=3, num_classes=1000))[0] == expected
+    assert expected_counts(make_spec(name, in_channels=3, num_classes=1000))[0] == expected
 
 
 @pytest.mark.parametrize("letter,millions", TABLE2.items())
 def test_counts_match_paper_table2(letter, millions):
-    params, buffers = count_parameters(make_spec(letter, in_channels=3, num_classes=1000))
+    params, buffers = expected_counts(make_spec(letter, in_channels=3, num_classes=1000))
     assert round(params / 1e6) == millions and buffers == 0
 
 
 def test_batch_norm_buffers_are_running_mean_and_var():
     # vgg11 has 8 convs of 64+128+256*2+512*4 = 2752 channels: 2 statistics each
-    assert count_parameters(make_spec("vgg11_bn", in_channels=3, num_classes=1000))[1] == 2 * 2752
+    assert expected_counts(make_spec("vgg11_bn", in_channels=3, num_classes=1000))[1] == 2 * 2752
 
 
-def test_seed_tuples_are_vgg11():
-    assert make_spec(SEED_CONV_ARCH).blocks == make_spec("vgg11").blocks
-    assert parse_arch("((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))") == SEED_CONV_ARCH
+def test_d2l_conv_arch_is_vgg11():
+    assert make_spec(D2L_CONV_ARCH).blocks == make_spec("vgg11").blocks
+    assert parse_arch("((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))") == D2L_CONV_ARCH
 
 
-def test_seed_000_shapes_written_out():
-    # the per-block printout of seed 000 (1x224x224, 10 classes)
-    assert layer_shapes(make_spec(SEED_CONV_ARCH)) == [
+def test_d2l_shapes_written_out():
+    # d2l's per-block printout (1x224x224, 10 classes)
+    assert expected_shapes(make_spec(D2L_CONV_ARCH)) == [
         ("block1", (1, 64, 112, 112)), ("block2", (1, 128, 56, 56)), ("block3", (1, 256, 28, 28)),
         ("block4", (1, 512, 14, 14)), ("block5", (1, 512, 7, 7)), ("flatten", (1, 25088)),
         ("fc1", (1, 4096)), ("fc2", (1, 4096)), ("fc3", (1, 10))]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from common.arch import count_parameters, make_spec
+from common.arch import expected_counts, make_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fashion-mnist"
@@ -59,7 +59,7 @@ def test_every_framework_and_peer_is_measured(report):
 def test_peers_compute_the_same_network(report):
     """torchvision's VGG is patched (1-channel first conv, real flatten size) and the Gluon zoo's
     is built from (layers, filters): both must hold exactly the parameters of VGG-11/16 at 32 px."""
-    expected = count_parameters(make_spec("vgg11", image_size=32, width_ratio=16))[0]
+    expected = expected_counts(make_spec("vgg11", image_size=32, width_ratio=16))[0]
     for r in report[0]["results"]:
         assert r["parameters"] == expected, r["framework"]
 

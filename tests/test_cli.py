@@ -24,7 +24,7 @@ def error_of(capsys, argv) -> str:
 def test_defaults_are_the_d2l_recipe():
     a = parse_train_args([])
     assert (a.arch, a.width_ratio, a.resize, a.epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.init) == \
-        ("vgg11", 4, 224, 10, 128, 0.05, "sgd", 0.0, "xavier")  # seed 000: d2l.train_ch6, ratio 4
+        ("vgg11", 4, 224, 10, 128, 0.05, "sgd", 0.0, "xavier")  # d2l.train_ch6 with ratio = 4
     assert not a.normalize and not a.scale_classifier and a.dropout == 0.5 and a.device == "auto"
 
 

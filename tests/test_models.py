@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from common.arch import CONFIGS, count_parameters, layer_shapes, make_spec
+from common.arch import CONFIGS, expected_counts, expected_shapes, make_spec
 
 RATIOS = (1, 4, 8)
 SIZES = (32, 64, 96, 224)
@@ -19,8 +19,8 @@ def test_shapes_and_counts_match_arithmetic(fw, arch):
                 spec = make_spec(arch, **kw)
                 net = fw.abstract(arch, **kw)
                 where = f"{fw.name} {arch} {kw}"
-                assert fw.shapes(net) == layer_shapes(spec), where
-                assert fw.count(net) == count_parameters(spec), where
+                assert fw.shapes(net) == expected_shapes(spec), where
+                assert fw.count(net) == expected_counts(spec), where
 
 
 @pytest.mark.parametrize("arch,expected", [("vgg11", 132_863_336), ("vgg13", 133_047_848), ("vgg16", 138_357_544),
@@ -29,9 +29,15 @@ def test_counts_match_torchvision_published(fw, arch, expected):
     assert fw.count(fw.abstract(arch, in_channels=3, num_classes=1000))[0] == expected
 
 
-def test_seed_tuples_build_vgg11(fw):
-    seed = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
-    assert fw.count(fw.abstract(seed, width_ratio=4)) == fw.count(fw.abstract("vgg11", width_ratio=4))
+def test_d2l_conv_arch_builds_vgg11(fw):
+    conv_arch = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
+    assert fw.count(fw.abstract(conv_arch, width_ratio=4)) == fw.count(fw.abstract("vgg11", width_ratio=4))
+
+
+def test_model_module_exports_the_shared_names(fw):
+    """`from vgg_X.model import *` gives the same builders and reports in each framework, and only names that exist."""
+    assert {"vgg_block", "vgg", "layer_shapes", "count_parameters", "summary"} <= set(fw.m.__all__)
+    assert [n for n in fw.m.__all__ if not hasattr(fw.m, n)] == []
 
 
 @pytest.mark.parametrize("arch", list(CONFIGS))

@@ -7,7 +7,7 @@ from math import prod
 import numpy as np
 import pytest
 
-from common.arch import CONFIGS, SEED_CONV_ARCH, count_parameters, make_spec
+from common.arch import CONFIGS, D2L_CONV_ARCH, expected_counts, make_spec
 from common.data import SAMPLE_DIR
 from common.weights import (WeightsError, check_compatible, expected_canonical, load_weights, read_spec,
                             save_weights, spec_from_metadata, spec_metadata)
@@ -21,7 +21,7 @@ def test_expected_canonical_adds_up_to_the_parameter_count(arch):
     """Two pieces of arithmetic that share no code: every tensor's size sums to params + buffers."""
     for kw in (dict(in_channels=3, num_classes=1000), dict(TINY, image_size=(64, 96))):
         spec = make_spec(arch, **kw)
-        assert sum(prod(s) for s in expected_canonical(spec).values()) == sum(count_parameters(spec))
+        assert sum(prod(s) for s in expected_canonical(spec).values()) == sum(expected_counts(spec))
 
 
 def test_canonical_names_shapes_and_order_in_every_framework(fw):
@@ -54,7 +54,7 @@ def test_save_and_load_in_every_framework(fw, tmp_path):
                                      ("vgg16_c", dict(in_channels=3, num_classes=1000, width_ratio=16, image_size=32)),
                                      ("vgg11_lrn", dict(image_size=(64, 96), dropout=0.1)),
                                      ("vgg19_bn", dict(width_ratio=4, scale_classifier=True)),
-                                     (SEED_CONV_ARCH, dict(width_ratio=4, image_size=96))])
+                                     (D2L_CONV_ARCH, dict(width_ratio=4, image_size=96))])
 def test_metadata_rebuilds_the_same_spec(tmp_path, arch, kw):
     spec = make_spec(arch, **kw)
     shapes = expected_canonical(spec)

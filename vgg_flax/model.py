@@ -16,6 +16,8 @@ from flax import nnx
 from common.arch import LRN, format_summary, make_spec
 from common.cli import model_main
 
+__all__ = ["VGGBlock", "VGG", "vgg_block", "vgg", "layer_shapes", "count_parameters", "summary"]
+
 
 def _initializers(init: str):
     """(conv kernel, dense kernel) initialisers: the same distributions as vgg_torch.init_weights."""
@@ -157,7 +159,7 @@ class VGG(nnx.Module):
 
 
 def vgg(arch="vgg11", *, init="xavier", rngs: nnx.Rngs | None = None, **spec_kwargs) -> VGG:
-    """Build a VGG from a table name or the seeds' tuples (see vgg_torch.vgg). Input: NHWC."""
+    """Build a VGG from a table name or d2l's `conv_arch` tuples (see vgg_torch.vgg). Input: NHWC."""
     return VGG(make_spec(arch, **spec_kwargs), init=init, rngs=rngs or nnx.Rngs(0))
 
 

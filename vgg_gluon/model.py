@@ -13,6 +13,8 @@ from mxnet.gluon import nn
 from common.arch import LRN, format_summary, make_spec
 from common.cli import model_main
 
+__all__ = ["vgg_block", "vgg", "layer_shapes", "count_parameters", "summary"]
+
 
 def _initializers(init: str):
     """(conv weight, dense weight) initialisers: the same distributions as vgg_torch.init_weights."""
@@ -53,7 +55,7 @@ def vgg_block(num_convs, out_channels, in_channels, *, kernel_sizes=None, batch_
 
 
 def vgg(arch="vgg11", *, init="xavier", **spec_kwargs) -> nn.HybridSequential:
-    """Build a VGG from a table name or the seeds' tuples (see vgg_torch.vgg).
+    """Build a VGG from a table name or d2l's `conv_arch` tuples (see vgg_torch.vgg).
     Parameters are allocated by `net.initialize(ctx=...)`, the Gluon way."""
     spec = make_spec(arch, **spec_kwargs)
     _, dense_init = _initializers(init)

@@ -13,6 +13,8 @@ from torch import nn
 from common.arch import LRN, format_summary, make_spec
 from common.cli import model_main
 
+__all__ = ["vgg_block", "init_weights", "vgg", "layer_shapes", "count_parameters", "summary"]
+
 
 def vgg_block(num_convs, out_channels, in_channels, *, kernel_sizes=None, batch_norm=False, lrn=False):
     """`num_convs` convolutions (3x3, 'same' padding) with ReLU, then a 2x2 max-pool."""
@@ -51,8 +53,8 @@ def init_weights(net: nn.Module, init: str = "xavier") -> nn.Module:
 
 
 def vgg(arch="vgg11", *, init="xavier", **spec_kwargs) -> nn.Sequential:
-    """Build a VGG from a table name ('vgg11', 'D', 'vgg16_bn', ...) or the seeds'
-    (num_convs, out_channels) tuples. spec_kwargs: in_channels, num_classes,
+    """Build a VGG from a table name ('vgg11', 'D', 'vgg16_bn', ...) or d2l's `conv_arch`
+    tuples, (num_convs, out_channels) per block. spec_kwargs: in_channels, num_classes,
     image_size, width_ratio, scale_classifier, dropout, batch_norm."""
     spec = make_spec(arch, **spec_kwargs)
     layers, cin = OrderedDict(), spec.in_channels
