@@ -235,12 +235,10 @@ def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
 def resize_bilinear(images, size: int, out=None) -> np.ndarray:
     """(N, H, W) images -> (N, size, size) float32 in the same value scale, bilinear as above.
 
-    Separable: two small matrix products per image, along H then along W, each a stacked
-    (batched) matmul. One product per image, not one large (N*size, W) GEMM for the batch:
-    BLAS may pick another kernel for another row count, and then an image's pixels would
-    change in the last bit with the batch it lands in (seen on an AMD EPYC with OpenBLAS
-    0.3.23), which data-parallel shards, whose batches are parts of the global one, must not
-    see. It is also faster: 18,800 against 12,600 images/s at 224 px on one core."""
+    Separable: two small matrix products per image (H, then W), as stacked matmuls; not one
+    GEMM for the batch, whose BLAS kernel, chosen by row count, would change an image's pixels
+    in the last bit with the batch it lands in (data-parallel shards must not see that); also
+    faster (benchmarks/README.md)."""
     x = np.asarray(images, dtype=np.float32)
     n, h, w = x.shape
     if out is None:

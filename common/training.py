@@ -61,19 +61,12 @@ def _umask() -> int:
 
 
 def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for reuse instead of giving it back to the system.
-
-    By default glibc serves every block above 32 MiB with an mmap of its own and unmaps it when
-    it is freed, so each training step at 224 px (activations of 100-400 MB each) faults in and
-    zeroes fresh pages for every large tensor, in PyTorch and XLA alike (MXNet pools its memory
-    itself). With mmap off for allocations (M_MMAP_MAX 0) and trimming off (M_TRIM_THRESHOLD -1,
-    as `man mallopt` documents), freed blocks stay on malloc's free lists and the next step
-    reuses them: what MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1 would do, or the tcmalloc or
-    jemalloc that PyTorch's CPU performance guide preloads. Measured on one core of this 2-core
-    machine, VGG-11/4 at 224 px, batch 32, training examples/s: PyTorch 33 -> 47, Flax 25 -> 35,
-    Gluon 49 -> 48. The price: the process keeps its peak memory until it exits, so the train
-    scripts and the benchmark's workers call this, the library does not.
-    Returns False (and changes nothing) where the C library has no mallopt."""
+    """Have glibc's malloc keep freed memory for reuse instead of unmapping every block above 32 MiB
+    (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD -1): 224 px training no longer faults in fresh pages
+    for its large activations every step (one core: PyTorch 33 -> 47 ex/s; benchmarks/README.md).
+    The process keeps its peak memory until it exits, so the train scripts and the benchmark's
+    workers call this, the library does not. Returns False (and changes nothing) where the C
+    library has no mallopt."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): its own allocator's ways

@@ -5,9 +5,8 @@ import numpy as np
 # removed. This is the one place that restores it, before anything imports mxnet.
 np.bool = bool
 
-# Without OMP_NUM_THREADS, MXNet gives each operator half the cores (it assumes two hyperthreads
-# a core), one on a 2-core machine. All of them, unless the user said otherwise: VGG-11/4 training
-# on 2 cores, 507 -> 931 examples/s at 32 px (benchmarks/throughput.py --env MXNET_OMP_MAX_THREADS=2).
+# MXNet's operators use half the cores unless told otherwise; all of them, unless the user said
+# otherwise (2 cores, 32 px training 507 -> 931 ex/s; benchmarks/README.md).
 import os  # noqa: E402
 
 if "OMP_NUM_THREADS" not in os.environ:

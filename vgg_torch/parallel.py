@@ -108,11 +108,10 @@ def is_primary() -> bool:
 
 
 def cleanup(*, together: bool = True) -> None:
-    """Leave the process group. together: after a finished run, wait for every process first: one
-    that tears down its gloo group while another is still in its last collective, or while rank
-    0's store goes away under it, can abort at exit ("terminate called without an active
-    exception": 3 of 8 two-process runs here, 0 of 16 with the barrier). After an error, leave
-    at once: the others may be in the middle of a step, where a barrier would not match."""
+    """Leave the process group. together: after a finished run, wait for every process first, or
+    one may tear down its gloo group under another and abort at exit (benchmarks/README.md).
+    After an error, leave at once: the others may be in the middle of a step, where a barrier
+    would not match."""
     if dist.is_available() and dist.is_initialized():
         if together:
             dist.barrier()

@@ -38,9 +38,7 @@ def make_optimizer(net, args):
     adam: betas (0.9, 0.999), eps 1e-8 added to the bias-corrected sqrt(v). No weight decay."""
     if args.optimizer == "sgd":
         return torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
-    # fused: one kernel over all parameters instead of a dozen elementwise passes (CPU and CUDA;
-    # Gluon's adam_update and optax under nnx.jit are fused already). VGG-11/4 at 32 px, 2 cores,
-    # the CPU preset's step: 487-588 -> 720-807 examples/s. For SGD it measured no better.
+    # fused: one kernel over all parameters (the CPU preset's step 487-588 -> 720-807 ex/s; benchmarks/README.md)
     return torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
 
 
@@ -97,10 +95,8 @@ class Backend:
         self.versions = {"torch": torch.__version__}
         self.threads = f"torch.get_num_threads() = {torch.get_num_threads()}"
         torch.manual_seed(args.seed)
-        # Channels-last (NHWC) memory: oneDNN's and cuDNN's fast convolution layout. Measured on a
-        # 2-core CPU, VGG-11/4 training: 840 -> 936 examples/s at 32 px, 192 -> 237 at 96 px
-        # (benchmarks/throughput.py --torch-memory-format). A 1-channel NCHW batch is channels-last
-        # already; the state_dict's values and names do not change, only their strides.
+        # Channels-last memory, oneDNN's and cuDNN's fast convolution layout (32 px training 840 -> 936
+        # ex/s; benchmarks/README.md); the state_dict's names and values stay, only strides change.
         self.net = vgg(args.arch, init=args.init, **spec_kwargs(args, args.resize)).to(
             self.dev, memory_format=torch.channels_last)
         self.parameters = count_parameters(self.net)[0]
