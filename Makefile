@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: run test summary bench clean
+.PHONY: run test lint docs summary bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,18 @@ run: $(VENV)/.installed
 summary: $(VENV)/.installed
 	$(PY) -m common.summary $(ARGS)
 
-test: $(VENV)/.installed
+# Lint and format checks first (ruff, configured in pyproject.toml), then the suite.
+test: lint
 	$(PY) -m pytest $(ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# docs/side_by_side.{md,html} and the README's vgg_block snippet, cut from the code
+# (tests/test_side_by_side.py fails when they are stale).
+docs: $(VENV)/.installed
+	$(PY) -m tools.side_by_side
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -105,7 +105,8 @@ def main(argv=None):
         for a, b, va, vb in pairs:
             r = dict(model=label, image_size=spec.image_size[0], pair=f"{a} vs {b}", **compare(va, vb))
             rows.append(r)
-            print(f"| {r['model']} | {r['image_size']} | {r['pair']} | {r['max_abs_diff']:.2e} | {r['max_abs_logit']:.3g} | "
+            print(f"| {r['model']} | {r['image_size']} | {r['pair']} | "
+                  f"{r['max_abs_diff']:.2e} | {r['max_abs_logit']:.3g} | "
                   f"{r['relative']:.1e} | {r['argmax_disagreements']} / {len(x)} |")
     result = {"benchmark": "equivalence", "dataset": {"source": data.source, "location": data.location},
               "images": args.images,

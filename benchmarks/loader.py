@@ -17,7 +17,7 @@ def measure(images, labels, size, *, batch_size=128, max_batches=None, prefetch=
     loader = Loader(images, labels, batch_size=batch_size, resize=size, normalize=normalize, prefetch=prefetch)
     next(iter(loader.epoch(99)))  # warm-up: builds the resize matrices and pages in the images
     n, start = 0, time.perf_counter()
-    for i, (x, y) in enumerate(loader.epoch(0)):
+    for i, (x, _) in enumerate(loader.epoch(0)):
         n += len(x)
         if max_batches and i + 1 >= max_batches:
             break
@@ -48,7 +48,8 @@ def main(argv=None):
         r = measure(data.train_images, data.train_labels, size, batch_size=args.batch_size,
                     max_batches=args.max_batches, prefetch=args.prefetch, normalize=args.normalize)
         rows.append(r)
-        print(f"{r['size']:>6} {r['images']:>8,} {r['seconds']:>8.2f} {r['images_per_s']:>10,.0f} {r['ms_per_batch']:>9.2f}")
+        print(f"{r['size']:>6} {r['images']:>8,} {r['seconds']:>8.2f} "
+              f"{r['images_per_s']:>10,.0f} {r['ms_per_batch']:>9.2f}")
     result = {'benchmark': 'loader', 'dataset': {'source': data.source, 'location': data.location},
               'batch_size': args.batch_size, 'prefetch': args.prefetch, 'normalize': args.normalize,
               'cpus': os.cpu_count(), 'numpy': np.__version__, 'python': platform.python_version(),

@@ -225,11 +225,13 @@ def table(rows, qs, matmul, cfg) -> str:
             x = next(x for x in qs if x["framework"] == r["framework"] and x["size"] == size)
             f = lambda v, w, p: f"{v:>{w}.{p}f}" if v is not None else f"{'-':>{w}}"
             lines.append(
-                f"{r['framework']:12} {r['train']['compute']['examples_per_s']:>10,.0f} {f(x['train_vs_fastest'], 6, 2)} "
+                f"{r['framework']:12} {r['train']['compute']['examples_per_s']:>10,.0f} "
+                f"{f(x['train_vs_fastest'], 6, 2)} "
                 f"{x['train_end_to_end_vs_compute']:>7.2f} {x['train_gflops']:>7.0f} {f(x['train_vs_matmul'], 5, 2)} | "
                 f"{r['infer']['compute']['examples_per_s']:>10,.0f} {f(x['infer_vs_fastest'], 6, 2)} "
                 f"{x['infer_end_to_end_vs_compute']:>7.2f} {f(x['infer_vs_matmul'], 5, 2)} | "
-                f"{r['train']['compute']['warmup_overhead_s']:>5.1f}/{r['infer']['compute']['warmup_overhead_s']:<5.1f} "
+                f"{r['train']['compute']['warmup_overhead_s']:>5.1f}/"
+                f"{r['infer']['compute']['warmup_overhead_s']:<5.1f} "
                 f"{r['peak_rss_mb']:>11,.0f} {r['load_before']:>4.1f}")
     return "\n".join(lines)
 

@@ -101,7 +101,8 @@ def valid_names() -> list[str]:
 
 
 def _parse_tuples(arch) -> tuple[Block, ...]:
-    form = "a sequence of (num_convs, out_channels) pairs of positive ints, e.g. ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))"
+    form = ("a sequence of (num_convs, out_channels) pairs of positive ints, "
+            "e.g. ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))")
     try:
         rows = [tuple(row) for row in arch]
     except TypeError:
@@ -154,7 +155,8 @@ def make_spec(
     if isinstance(arch, str):
         key = ALIASES.get(arch, ALIASES.get(arch.upper(), arch.lower()))
         if key not in CONFIGS:
-            raise ArchError(f"unknown architecture {arch!r}; valid names: {', '.join(valid_names())}, or (num_convs, out_channels) tuples")
+            raise ArchError(f"unknown architecture {arch!r}; valid names: {', '.join(valid_names())}, "
+                            "or (num_convs, out_channels) tuples")
         letter, bn, lrn = CONFIGS[key]
         name, blocks = key, TABLE1[letter]
     else:
@@ -176,14 +178,16 @@ def make_spec(
     if min(size) < smallest:
         raise ArchError(
             f"input {size[0]}x{size[1]} is too small: {len(blocks)} 2x2 max-pools shrink it to nothing; "
-            f"the smallest size that works is {smallest} (resize Fashion-MNIST's 28x28, e.g. --resize {max(smallest, 32)})"
+            f"the smallest size that works is {smallest} "
+            f"(resize Fashion-MNIST's 28x28, e.g. --resize {max(smallest, 32)})"
         )
 
     scaled = []
     for i, b in enumerate(blocks, 1):
         c = b.out_channels // width_ratio
         if c < 1:
-            raise ArchError(f"width_ratio {width_ratio} leaves block {i} ({b.out_channels} channels) with 0 channels; the largest ratio that works is {min(x.out_channels for x in blocks)}")
+            raise ArchError(f"width_ratio {width_ratio} leaves block {i} ({b.out_channels} channels) with 0 channels; "
+                            f"the largest ratio that works is {min(x.out_channels for x in blocks)}")
         scaled.append(Block(c, b.kernel_sizes))
     hidden = HIDDEN_UNITS // width_ratio if scale_classifier else HIDDEN_UNITS
     if width_ratio != 1:

@@ -298,7 +298,8 @@ def test_checksum_table_matches_the_published_files():
 # ---------------------------------------------------------------------------- resize
 
 def test_resize_hand_computed_2_to_4():
-    # half-pixel centres: output pixel i samples source (i + 0.5) / 2 - 0.5 = -0.25 (clamped to 0), 0.25, 0.75, 1.25 (-> edge)
+    # half-pixel centres: output pixel i samples source (i + 0.5) / 2 - 0.5,
+    # = -0.25 (clamped to 0), 0.25, 0.75, 1.25 (-> edge)
     x = np.array([[[0, 4], [8, 12]]], np.uint8)
     want = [[0, 1, 3, 4], [2, 3, 5, 6], [6, 7, 9, 10], [8, 9, 11, 12]]
     got = resize_bilinear(x, 4)

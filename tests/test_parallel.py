@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +151,7 @@ def torch_runs(tmp_path_factory):
     """Single-process runs (here) and 2-process DDP runs (torchrun, gloo) of the same flags."""
     d = tmp_path_factory.mktemp("torch")
     one = train_here("torch", d / "one", "--epochs", "1")
-    full = train_here("torch", d / "full", "--epochs", "2")
+    train_here("torch", d / "full", "--epochs", "2")
     shutil.copytree(one, d / "one_then_two")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vgg_torch.train"]
     outs = run_all([([*torchrun, *FLAGS, "--epochs", "1", "--out", str(d / "two")], env())])

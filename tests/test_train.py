@@ -2,7 +2,6 @@
 and the side-by-side runner reports all three. Small VGGs (width ratio 8, 32 px) keep it quick."""
 import importlib
 import json
-import os
 import re
 import subprocess
 import sys

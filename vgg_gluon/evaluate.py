@@ -1,6 +1,7 @@
 """Fashion-MNIST test accuracy of canonical weights from any framework, in MXNet Gluon:
 
-    python -m vgg_gluon.evaluate --weights trained_in_torch.safetensors [--data-dir D] [--batch-size N] [--device auto|cpu|gpu]
+    python -m vgg_gluon.evaluate --weights trained_in_torch.safetensors
+        [--data-dir D] [--batch-size N] [--device auto|cpu|gpu]
 
 The model is rebuilt from the spec in the file's metadata (common.evaluate does the flags and the report).
 """

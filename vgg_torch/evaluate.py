@@ -1,6 +1,7 @@
 """Fashion-MNIST test accuracy of canonical weights from any framework, in PyTorch:
 
-    python -m vgg_torch.evaluate --weights trained_in_flax.safetensors [--data-dir D] [--batch-size N] [--device auto|cpu|gpu]
+    python -m vgg_torch.evaluate --weights trained_in_flax.safetensors
+        [--data-dir D] [--batch-size N] [--device auto|cpu|gpu]
 
 The model is rebuilt from the spec in the file's metadata (common.evaluate does the flags and the report).
 """
