@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from common import side_by_side as sbs
+from tools import side_by_side as sbs
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "side-by-side test mutant"
@@ -22,7 +22,7 @@ MARK = "side-by-side test mutant"
 
 def test_committed_docs_match_the_code():
     stale = sbs.stale(ROOT, sbs.generate(sbs.read_sources(ROOT)))
-    assert not stale, f"{', '.join(stale)} out of date: run `python -m common.side_by_side` and commit"
+    assert not stale, f"{', '.join(stale)} out of date: run `python -m tools.side_by_side` and commit"
 
 
 def _mutate_vgg_block(text: str) -> str:
@@ -54,7 +54,7 @@ def test_check_command_names_the_stale_files(tmp_path):
     for rel in sbs.read_sources(ROOT):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, tmp_path / rel)
-    cmd = [sys.executable, "-m", "common.side_by_side", "--root", str(tmp_path)]
+    cmd = [sys.executable, "-m", "tools.side_by_side", "--root", str(tmp_path)]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     cmd.append("--check")
     ok = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
