@@ -5,8 +5,8 @@ import numpy as np
 # removed. This is the one place that restores it, before anything imports mxnet.
 np.bool = bool
 
-# MXNet's operators use half the cores unless told otherwise; all of them, unless the user said
-# otherwise (2 cores, 32 px training 507 -> 931 ex/s; benchmarks/README.md).
+# MXNet gives each operator half the cores by default; use all of them unless the user set
+# OMP_NUM_THREADS (2 cores, 32 px training 507 -> 931 ex/s; benchmarks/README.md).
 import os  # noqa: E402
 
 if "OMP_NUM_THREADS" not in os.environ:
