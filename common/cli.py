@@ -50,7 +50,7 @@ def model_main(prog, argv, *, build, summary, count):
 # Named presets: explicit flag values, applied as defaults, so any flag given on the
 # command line still wins (`--preset cpu --epochs 3`).
 PRESETS = {
-    # The d2l recipe (d2l.train_ch6): a GPU job, test accuracy 0.925 after 10 epochs.
+    # The d2l recipe (d2l.train_ch6): a GPU job; d2l reports test accuracy 0.925 after 10 epochs.
     "d2l": dict(arch="vgg11", width_ratio=4, resize=224, epochs=10, batch_size=128, lr=0.05,
                 optimizer="sgd", momentum=0.0, normalize=False, init="xavier"),
     # For a laptop or a 2-core CI box: learns in one epoch. 32 px is 49x fewer pixels than 224.
@@ -63,8 +63,8 @@ PRESETS = {
 PRESET_HELP = """\
 presets (each sets the flags below as defaults; flags you give still win):
   d2l  the default: the d2l recipe (d2l.train_ch6), VGG-11 at width ratio 4, 224 px,
-       SGD lr 0.05, batch 128, 10 epochs, Xavier init. Made for a GPU (test accuracy 0.925);
-       on a CPU one epoch at 224 px takes hours.
+       SGD lr 0.05, batch 128, 10 epochs, Xavier init. Made for a GPU (d2l reports test
+       accuracy 0.925); on a CPU one epoch at 224 px takes hours.
   cpu  for a CPU (a laptop, a 2-core box): 32 px, Adam lr 0.001, pixels standardised with the
        training set's mean and std, 1 epoch: 0.86 test accuracy in each framework, one epoch
        taking 2-8 minutes on 2 busy cores. (Plain SGD lr 0.05 at 32 px stays at chance.)
