@@ -12,6 +12,7 @@ are pure accumulated updates: a wrong gradient scale cannot hide behind the init
 """
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -40,9 +41,25 @@ def env(**extra) -> dict:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a job's scheduler or coordinator, which binds it itself (it cannot be handed a bound
+    socket): free now, and below the kernel's ephemeral range, as MXNet's launcher picks (9091 up), so
+    that until the job binds it no process's bind(0) or outgoing connection can take it. bind(0) here
+    picked it from that range, where even the job's own nodes could take it first: ps-lite's server and
+    workers bind(0) ports of their own, and connect before their scheduler listens."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default (macOS and Windows: 49152)
+    first = max(1024, min(10000, low - 1000))
+    for _ in range(200):
+        port = random.SystemRandom().randrange(first, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError(f"no free port in {first}-{low - 1}")
 
 
 def run_all(cmds, timeout=300) -> list[str]:
