@@ -12,6 +12,7 @@ are pure accumulated updates: a wrong gradient scale cannot hide behind the init
 """
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -39,9 +40,25 @@ def env(**extra) -> dict:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a job's scheduler or coordinator, which binds it itself (it cannot be handed a bound
+    socket): free now, and below the kernel's ephemeral range, as MXNet's launcher picks (9091 up), so
+    that until the job binds it no process's bind(0) or outgoing connection can take it. bind(0) here
+    picked it from that range, where even the job's own nodes could take it first: ps-lite's server and
+    workers bind(0) ports of their own, and connect before their scheduler listens."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default (macOS and Windows: 49152)
+    first = max(1024, min(10000, low - 1000))
+    for _ in range(200):
+        port = random.SystemRandom().randrange(first, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError(f"no free port in {first}-{low - 1}")
 
 
 def run_all(cmds, timeout=300) -> list[str]:
@@ -288,14 +305,58 @@ def test_gluon_resumes_on_another_device_count(gluon_runs):
     assert_same(full, arrays("gluon", d / "one_then_two", 2))
 
 
+# `python -m vgg_gluon.train` with one thing slowed down, as a loaded machine now and then did: the pull
+# that brings rank 0's initial block5.conv2.weight into a worker (the Trainer's last key: it sorts the
+# parameters by name) waits until that key's first gradients have been summed on the server, or 3 s when
+# the worker waits for the pull first. A worker that pushed before its pull was done took the summed
+# gradients for its weights: "block5.conv2.weight differs by 1.00e+00 of its scale".
+LATE_PULL_WORKER = """
+import sys, threading
+import vgg_gluon
+import mxnet as mx
+KEY, pushed, grads, late = 21, threading.Event(), [], []
+
+class Late(mx.operator.CustomOp):  # an engine operation that reads the weights: the pull that writes them waits
+    def forward(self, is_train, req, in_data, out_data, aux):
+        if pushed.wait(timeout=3):
+            grads[0].wait_to_read()  # the server answers a push once every worker's gradients are summed
+        self.assign(out_data[0], req[0], in_data[0])
+
+@mx.operator.register("late")
+class LateProp(mx.operator.CustomOpProp):
+    def infer_shape(self, in_shape):
+        return in_shape, in_shape, []
+    def create_operator(self, ctx, shapes, dtypes):
+        return Late()
+
+KVStore = mx.kvstore.KVStore
+broadcast, pushpull = KVStore.broadcast, KVStore.pushpull
+def late_broadcast(self, key, value, out, priority=0):  # broadcast = init, then pull
+    if key != KEY:
+        return broadcast(self, key, value, out, priority)
+    self.init(key, value)
+    late.append(mx.nd.Custom(out[0], op_type="late"))
+    self.pull(key, out=out, priority=priority)
+def noted_pushpull(self, key, value, out=None, priority=0):
+    pushpull(self, key, value, out=out, priority=priority)
+    if key == KEY and not pushed.is_set():
+        grads.append(value[0])
+        pushed.set()
+KVStore.broadcast, KVStore.pushpull = late_broadcast, noted_pushpull
+from vgg_gluon.train import main
+main(sys.argv[1:])
+assert late, f"the Trainer has no key {KEY}: the model changed, and this worker slowed down nothing"
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the loopback interface is named 'lo' on Linux")
 def test_gluon_dist_sync_workers_match_one_context(gluon_runs, tmp_path):
     """A scheduler, a server and two dist_sync workers on this machine, given the DMLC_* environment
-    that MXNet's tools/launch.py gives them on several."""
+    that MXNet's tools/launch.py gives them on several; one initial pull comes late (LATE_PULL_WORKER)."""
     common = dict(DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT=str(free_port()), DMLC_NUM_SERVER="1",
                   DMLC_NUM_WORKER="2", DMLC_INTERFACE="lo")
     node = [sys.executable, "-c", "import vgg_gluon, mxnet"]  # importing mxnet runs a scheduler or server
-    worker = [sys.executable, "-m", "vgg_gluon.train", *FLAGS, "--epochs", "1", "--out", str(tmp_path)]
+    worker = [sys.executable, "-c", LATE_PULL_WORKER, *FLAGS, "--epochs", "1", "--out", str(tmp_path)]
     outs = run_all([(node, env(DMLC_ROLE="scheduler", **common)), (node, env(DMLC_ROLE="server", **common)),
                     (worker, env(DMLC_ROLE="worker", **common)), (worker, env(DMLC_ROLE="worker", **common))])
     assert sum(o.count("wrote ") for o in outs) == 1, outs

@@ -12,6 +12,7 @@ environment (DMLC_ROLE, DMLC_PS_ROOT_URI, DMLC_PS_ROOT_PORT, DMLC_NUM_SERVER, DM
 a worker (DMLC_ROLE=worker) then uses kvstore 'dist_sync' and loads its own part of each global
 batch (the loader's `shard`). The update runs on every worker (update_on_kvstore=False): the
 servers only add gradients, and each worker keeps the optimiser state its checkpoint saves.
+`prepare` has every worker pull rank 0's initial weights, and waits for them, before the first step.
 
 Batch norm normalises with each context's own batch statistics (no synchronised batch norm).
 """
@@ -65,6 +66,21 @@ def setup(args) -> Context:
     if world > 1:
         name += f" x{world} (kvstore {'dist_sync, worker %d of %d' % (rank, workers) if launched() else 'device'})"
     return Context(devices, world, (rank, workers), rank == 0, name, kv)
+
+
+def prepare(dp: Context, trainer) -> None:
+    """Several workers: initialise the Trainer's KVStore keys now, and wait until every worker holds
+    rank 0's weights, before the first gradient is pushed (MXNet 1.9.1, the last release, has no public
+    call for it: these are the two that trainer.step runs lazily at the first step)."""
+    if _kvstore is None:
+        return  # one process: the 'device' KVStore orders its own init, pull and push
+    trainer._init_kvstore()
+    trainer._init_params()  # per key: rank 0 pushes its weights, a barrier, then an asynchronous pull
+    # Nothing orders that pull before the key's first push: a late pull got the server's sum of both
+    # workers' gradients, which the worker then took for its weights (one tensor 1.0 of its scale off).
+    mx.nd.waitall()
+    if trainer._params_to_init:  # a parameter without a shape would still be initialised at the first step
+        raise RuntimeError(f"parameters without a shape: {[p.name for p in trainer._params_to_init]}")
 
 
 def shard(dp: Context, *arrays):

@@ -123,6 +123,7 @@ class Backend:
         # its memory are planned once.
         self.net.hybridize(static_alloc=True, static_shape=True)
         self.trainer = make_optimizer(self.net, args, self.dp.kvstore)
+        parallel.prepare(self.dp, self.trainer)  # several workers: all start from rank 0's weights
 
     def start_epoch(self, epoch):
         for i, c in enumerate(self.ctx):  # each device its own dropout masks
