@@ -47,6 +47,7 @@ from tqdm import tqdm
 from .arch import make_spec
 from .cli import fail, spec_kwargs
 from .data import DataError, Loader, load_fashion_mnist
+from .errors import CheckpointError
 from .files import umask as _umask, write_atomic  # noqa: F401  (write_atomic: importable from here too)
 
 # Flags that define the run's arithmetic: --resume refuses to continue with different ones.
@@ -281,7 +282,10 @@ def run(args, make_backend) -> dict:
           f"{' (--device auto)' if args.device == 'auto' else ''} ({backend.threads})")
     say(data.describe())
     if first:
-        backend.load_checkpoint(last := files.last_checkpoint()[1])
+        try:
+            backend.load_checkpoint(last := files.last_checkpoint()[1])
+        except CheckpointError as e:
+            fail(f"--resume: {e}")
         say(f"resumed from {last} after epoch {first}")
     if first >= args.epochs:
         say(f"nothing to do: {files.out} already holds {first} epochs (ask for more with --epochs)")
