@@ -57,6 +57,8 @@ def read_idx(path, kind=None) -> np.ndarray:
     or labels (magic 2049, N, values 0-9) as a read-only uint8 array. kind ('images' or
     'labels'): what the file must hold; a file of the other kind is refused, saying so."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f'{path} is a folder, not an IDX file; put the file itself there')
     try:
         raw = path.read_bytes()
         if raw[:2] == b'\x1f\x8b':  # sniff, not trust the name: some tools gunzip in place
@@ -65,6 +67,8 @@ def read_idx(path, kind=None) -> np.ndarray:
         raise DataError(f'{path}: no such file') from None
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a truncated .gz is EOFError
         raise DataError(f'{path}: corrupt or truncated gzip ({e}); delete it and download it again') from None
+    if not raw:
+        raise DataError(f'{path}: the file is empty; delete it and download it again')
     magic = int.from_bytes(raw[:4], 'big') if len(raw) >= 4 else None
     if magic not in (2049, 2051):
         raise DataError(f'{path}: bad magic number {magic} (expected 2051 for images or 2049 for labels); '
@@ -105,11 +109,13 @@ class FashionMNIST:
 
 
 def _find(folder: Path, stem: str):
-    return next((p for p in (folder / f'{stem}.gz', folder / stem) if p.is_file()), None)
+    return next((p for p in (folder / f'{stem}.gz', folder / stem) if p.exists()), None)
 
 
 def _load_dir(folder, source: str) -> FashionMNIST:
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f'{folder} is a file, not a folder: name the folder that holds the four Fashion-MNIST files')
     paths = {name[:-3]: _find(folder, name[:-3]) for name in FILES}
     missing = [stem + '[.gz]' for stem, p in paths.items() if p is None]
     if missing:

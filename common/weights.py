@@ -100,12 +100,33 @@ def spec_metadata(spec: VGGSpec, **extra: str) -> dict[str, str]:
 def spec_from_metadata(metadata: dict[str, str]) -> VGGSpec:
     try:
         f = json.loads(metadata["spec"])
-        return VGGSpec(f["name"], tuple(Block(c, tuple(ks)) for c, ks in f["blocks"]), f["in_channels"],
+        spec = VGGSpec(f["name"], tuple(Block(c, tuple(ks)) for c, ks in f["blocks"]), f["in_channels"],
                        f["num_classes"], tuple(f["image_size"]), f["hidden_units"], f["dropout"],
                        f["batch_norm"], f["lrn"])
+        problem = _spec_problem(spec)
     except (KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"the file's metadata holds no usable VGG spec ({type(e).__name__}: {e}); "
-                           f"was it written by this project's save()?") from None
+        problem = f"{type(e).__name__}: {e}"
+    if problem:
+        raise WeightsError(f"the file's metadata holds no usable VGG spec ({problem}); "
+                           f"was it written by this project's save()?")
+    return spec
+
+
+def _spec_problem(spec: VGGSpec) -> str:
+    """What makes a spec read from a file unbuildable (make_spec refuses the same on the command line), or ''."""
+    def positive(v):
+        return type(v) is int and v > 0
+    counts = [spec.in_channels, spec.num_classes, spec.hidden_units, *spec.image_size]
+    if not spec.blocks or not all(map(positive, counts)) or len(spec.image_size) != 2:
+        return "sizes must be positive integers and there must be at least one block"
+    if not all(positive(b.out_channels) and b.kernel_sizes and all(k in (1, 3) for k in b.kernel_sizes)
+               for b in spec.blocks):
+        return "every block needs positive channels and kernels of size 1 or 3"
+    if min(spec.image_size) >> len(spec.blocks) < 1:
+        return f"{len(spec.blocks)} poolings shrink a {spec.image_size} input to nothing"
+    if not (type(spec.dropout) in (int, float) and 0 <= spec.dropout < 1) or {type(spec.batch_norm), type(spec.lrn)} != {bool}:
+        return "dropout must lie in [0, 1) and batch_norm and lrn be true or false"
+    return ""
 
 
 # --- the file ---------------------------------------------------------------
@@ -196,6 +217,9 @@ def read_spec(path) -> tuple[VGGSpec, dict[str, np.ndarray], dict[str, str]]:
     if metadata.get("format") != FORMAT:
         raise WeightsError(f"{path}: not a {FORMAT} weights file (metadata format is {metadata.get('format')!r}); "
                            "write one with vgg_torch/vgg_gluon/vgg_flax .weights.save()")
-    spec = spec_from_metadata(metadata)
-    check_compatible(expected_canonical(spec), tensors, f"the spec in its own metadata ({spec.name})")
+    try:
+        spec = spec_from_metadata(metadata)
+        check_compatible(expected_canonical(spec), tensors, f"the spec in its own metadata ({spec.name})")
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
     return spec, tensors, metadata
