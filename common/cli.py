@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
-from .arch import ArchError, count_parameters, make_spec, parse_arch, valid_names
+from .arch import ArchError, make_spec, parse_arch, valid_names
+from .weights import expected_canonical
 
 
 def _arch(text):
@@ -41,15 +43,15 @@ def fail(msg: str, code: int = 2):
 def check_fits(spec, smaller: str) -> None:
     """Refuse a model whose weights alone outgrow this machine's memory (an absurd image size or
     number of classes), before a framework tries to allocate them and fails with a traceback."""
-    params, buffers = count_parameters(spec)
-    need = 4 * (params + buffers)  # float32
+    values = sum(math.prod(shape) for shape in expected_canonical(spec).values())  # parameters and buffers
+    need = 4 * values  # float32
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows): let the framework find out
         return
     if need > have:
         h, w = spec.image_size
-        fail(f"{spec.name} for {h}x{w} px and {spec.num_classes:,} classes has {params + buffers:,} parameters, "
+        fail(f"{spec.name} for {h}x{w} px and {spec.num_classes:,} classes has {values:,} parameters, "
              f"{need / 2**30:,.1f} GiB of float32 weights, more than this machine's {have / 2**30:,.1f} GiB of "
              f"memory; use a smaller {smaller} or a larger --width-ratio")
 

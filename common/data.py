@@ -387,7 +387,8 @@ def main(argv=None):
     try:
         data = load_fashion_mnist(args.data_dir, download=not args.no_download)
     except DataError as e:
-        sys.exit(f'error: {e}')
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
     print(data.describe())
     if args.grid:
         save_image_grid(args.grid, data.train_images[:32], data.train_labels[:32])

@@ -170,9 +170,12 @@ def runs(tmp_path_factory):
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_run_files_get_the_umask_mode(runs, fw):
-    """Before: model.safetensors was 0600 while metrics.json was 0644 (umask 022)."""
-    modes = {p: os.stat(runs / fw / p).st_mode & 0o777 for p in ("model.safetensors", "metrics.json", "metrics.png")}
+    """Before: model.safetensors (and the checkpoint's safetensors) were 0600 while metrics.json was 0644 (umask 022)."""
+    files = ["model.safetensors", "metrics.json", "metrics.png", "checkpoint.json",
+             *(str(p.relative_to(runs / fw)) for p in (runs / fw / "checkpoint-epoch1").iterdir())]
+    modes = {p: os.stat(runs / fw / p).st_mode & 0o777 for p in files}
     assert modes == dict.fromkeys(modes, 0o640), {k: oct(v) for k, v in modes.items()}
+    assert os.stat(runs / fw / "checkpoint-epoch1").st_mode & 0o777 == 0o750
 
 
 class _RunsCode:
