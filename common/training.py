@@ -153,7 +153,7 @@ class Run:
         tmp = Path(tempfile.mkdtemp(dir=self.out, prefix=".checkpoint-"))
         try:
             backend.save_checkpoint(tmp, epoch)
-            for f in tmp.iterdir():  # some writers (safetensors) make 0600 files; the folder's rename is the atomic step
+            for f in tmp.iterdir():  # safetensors writes 0600 files; the folder's rename is what makes it atomic
                 os.chmod(f, 0o666 & ~_umask())
             os.chmod(tmp, 0o777 & ~_umask())
             shutil.rmtree(final, ignore_errors=True)

@@ -124,7 +124,8 @@ def _spec_problem(spec: VGGSpec) -> str:
         return "every block needs positive channels and kernels of size 1 or 3"
     if min(spec.image_size) >> len(spec.blocks) < 1:
         return f"{len(spec.blocks)} poolings shrink a {spec.image_size} input to nothing"
-    if not (type(spec.dropout) in (int, float) and 0 <= spec.dropout < 1) or {type(spec.batch_norm), type(spec.lrn)} != {bool}:
+    if not (type(spec.dropout) in (int, float) and 0 <= spec.dropout < 1) \
+            or {type(spec.batch_norm), type(spec.lrn)} != {bool}:
         return "dropout must lie in [0, 1) and batch_norm and lrn be true or false"
     return ""
 

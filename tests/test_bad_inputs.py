@@ -86,7 +86,8 @@ WEIGHTS_CASES = [
     ("text file", "torch", "text.safetensors", ["text.safetensors: not a readable safetensors file"]),
     ("another spec", "gluon", "other_spec.safetensors",
      ["other_spec.safetensors: weights do not fit the spec in its own metadata", "block1.conv2"]),
-    ("folder with weights", "flax", "run", ["run is a folder, not a weights file; did you mean", "run/model.safetensors?"]),
+    ("folder with weights", "flax", "run", ["run is a folder, not a weights file; did you mean",
+                                            "run/model.safetensors?"]),
     ("folder without", "torch", "empty_folder", ["empty_folder is a folder", "it holds no model.safetensors"]),
     ("missing", "gluon", "missing.safetensors", ["missing.safetensors: no such file"]),
 ]
@@ -146,7 +147,8 @@ def test_data_dir_that_is_a_file(tmp_path):
 
 @pytest.mark.parametrize("module,argv,words", [
     # before: argparse's "invalid parse_arch value", without the project's explanation
-    ("vgg_torch.train", ["--arch", "((1,64),(1,128)"], ["argument --arch: --arch '((1,64),(1,128)' is not a valid tuple"]),
+    ("vgg_torch.train", ["--arch", "((1,64),(1,128)"],
+     ["argument --arch: --arch '((1,64),(1,128)' is not a valid tuple"]),
     ("vgg_gluon.model", ["--image-size", "100000"], ["GiB of float32 weights, more than this machine's"]),
     ("vgg_flax.model", ["--arch", "[]"], ["architecture is empty"]),
 ], ids=["arch-literal", "huge-model", "empty-arch"])
@@ -170,7 +172,7 @@ def runs(tmp_path_factory):
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_run_files_get_the_umask_mode(runs, fw):
-    """Before: model.safetensors (and the checkpoint's safetensors) were 0600 while metrics.json was 0644 (umask 022)."""
+    """Before: model.safetensors (and the checkpoint's safetensors files) were 0600, metrics.json 0644 (umask 022)."""
     files = ["model.safetensors", "metrics.json", "metrics.png", "checkpoint.json",
              *(str(p.relative_to(runs / fw)) for p in (runs / fw / "checkpoint-epoch1").iterdir())]
     modes = {p: os.stat(runs / fw / p).st_mode & 0o777 for p in files}

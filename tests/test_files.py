@@ -40,7 +40,8 @@ print(json.dumps({p: os.stat(out / p).st_mode & 0o777 for p in
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077], ids=oct)
 def test_written_files_get_the_umask_mode(tmp_path, umask):
     (tmp_path / "mirror").mkdir()
-    (tmp_path / "mirror" / "t10k-labels-idx1-ubyte.gz").write_bytes((ROOT / "common/data/t10k-labels-idx1-ubyte.gz").read_bytes())
+    name = "t10k-labels-idx1-ubyte.gz"
+    (tmp_path / "mirror" / name).write_bytes((ROOT / "common" / "data" / name).read_bytes())
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-c", WRITERS, str(tmp_path), oct(umask)], capture_output=True, text=True,
                        cwd=ROOT, env=env, timeout=300)

@@ -102,13 +102,17 @@ _STATE_CLASSES = {("builtins", "bytearray"), ("mxnet.ndarray.ndarray", "NDArray"
                   ("mxnet.optimizer.optimizer", "SGD"), ("vgg_gluon.train", "Adam")}
 
 
+class _Refused(pickle.UnpicklingError):
+    """A class outside _STATE_CLASSES; the message is its name."""
+
+
 class _StatesOnly(pickle.Unpickler):
     """trainer.load_states unpickles its file as it is, and unpickling can run any code: each file is
     first read with nothing but the classes above (what torch.load's weights_only does for PyTorch)."""
 
     def find_class(self, module, name):
         if (module, name) not in _STATE_CLASSES:
-            raise pickle.UnpicklingError(f"{module}.{name}")
+            raise _Refused(f"{module}.{name}")
         return super().find_class(module, name)
 
 
@@ -123,22 +127,22 @@ def load_checkpoint(folder, net, trainer) -> int:
         with open(path, "rb") as f:
             try:
                 states = _StatesOnly(f).load()
-            except pickle.UnpicklingError as e:
-                found = f"it refers to {e}, which" if "." in str(e) and " " not in str(e) else "it is not a pickle that"
-                raise CheckpointError(f"{path} is not a checkpoint this project wrote: {found} is refused unread "
-                                      "(unpickling it could run code). Resume only from checkpoints you wrote, "
-                                      "or start afresh with another --out") from None
+            except _Refused as e:
+                raise CheckpointError(f"{path} is not a checkpoint this project wrote: it refers to {e}, which is "
+                                      "refused unread (unpickling it could run code). Resume only from checkpoints "
+                                      "you wrote, or start afresh with another --out") from None
         # what save_states writes: ({parameter index: state}, the optimiser), for this trainer's optimiser
+        indices = set(range(len(net.collect_params())))
         if not (isinstance(states, tuple) and len(states) == 2 and isinstance(states[0], dict)
-                and type(states[1]) is type(trainer.optimizer) and set(states[0]) <= set(range(len(trainer._params)))):
+                and type(states[1]) is type(trainer.optimizer) and set(states[0]) <= indices):
             raise CheckpointError(f"{path} is not a checkpoint this project wrote for this run: it holds no "
                                   f"{type(trainer.optimizer).__name__} state for this model. Resume from another "
                                   "checkpoint, or start afresh with another --out")
         trainer.load_states(str(path))
         path = folder / "state.json"
         return json.loads(path.read_text())["epoch"]
-    except (mx.base.MXNetError, AssertionError, EOFError, KeyError, IndexError, TypeError, ValueError,
-            AttributeError) as e:
+    except (mx.base.MXNetError, pickle.UnpicklingError, AssertionError, EOFError, KeyError, IndexError, TypeError,
+            ValueError, AttributeError) as e:
         raise CheckpointError(f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
                               "resume from another checkpoint, or start afresh with another --out") from None
 

@@ -98,8 +98,7 @@ def load_checkpoint(folder, net, optimizer) -> int:
         raise CheckpointError(f"{path} is not a checkpoint this project wrote: {why}. Resume only from "
                               "checkpoints you wrote, or start afresh with another --out") from None
     except (SafetensorError, RuntimeError, KeyError, IndexError, TypeError, ValueError, EOFError) as e:
-        raise CheckpointError(f"{path} is not a checkpoint this project wrote, or it is damaged "
-                              f"({reason(e)}); "
+        raise CheckpointError(f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
                               "resume from another checkpoint, or start afresh with another --out") from None
 
 
