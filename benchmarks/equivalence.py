@@ -23,6 +23,7 @@ from flax import nnx
 
 from common.arch import make_spec
 from common.data import DataError, Loader, load_fashion_mnist
+from common.files import write_atomic
 from common.weights import WeightsError, read_spec
 import vgg_flax.model, vgg_flax.weights, vgg_gluon.weights, vgg_torch.model, vgg_torch.weights
 
@@ -115,9 +116,7 @@ def main(argv=None):
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": rows}
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.part")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out_path)
+    write_atomic(out_path, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import argparse, json, os, platform, sys, time
 from pathlib import Path
 import numpy as np
 from common.data import DataError, Loader, load_fashion_mnist
+from common.files import write_atomic
 
 
 def measure(images, labels, size, *, batch_size=128, max_batches=None, prefetch=2, normalize=False):
@@ -56,9 +57,7 @@ def main(argv=None):
               'machine': platform.machine(), 'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'results': rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f'.{out.name}.part')
-    tmp.write_text(json.dumps(result, indent=2) + '\n')
-    tmp.replace(out)
+    write_atomic(out, json.dumps(result, indent=2) + '\n')
     print(f'wrote {out}')
 
 

@@ -2,13 +2,23 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 from .arch import ArchError, make_spec, parse_arch, valid_names
+from .weights import expected_canonical
+
+
+def _arch(text):
+    try:
+        return parse_arch(text)
+    except ArchError as e:  # argparse prints an ArgumentTypeError's text but hides a ValueError's
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--arch", default="vgg11", type=parse_arch,
+    p.add_argument("--arch", default="vgg11", type=_arch,
                    help=f"a table name ({', '.join(valid_names())}) or d2l's conv_arch, (num_convs, "
                         "out_channels) per block, e.g. '((1,64),(1,128),(2,256),(2,512),(2,512))' (default: vgg11)")
     p.add_argument("--width-ratio", type=int, default=1, help="divide every block's channels by this (d2l's ratio = 4)")
@@ -30,15 +40,32 @@ def fail(msg: str, code: int = 2):
     raise SystemExit(code)
 
 
+def check_fits(spec, smaller: str) -> None:
+    """Refuse a model whose weights alone outgrow this machine's memory (an absurd image size or
+    number of classes), before a framework tries to allocate them and fails with a traceback."""
+    values = sum(math.prod(shape) for shape in expected_canonical(spec).values())  # parameters and buffers
+    need = 4 * values  # float32
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): let the framework find out
+        return
+    if need > have:
+        h, w = spec.image_size
+        fail(f"{spec.name} for {h}x{w} px and {spec.num_classes:,} classes has {values:,} parameters, "
+             f"{need / 2**30:,.1f} GiB of float32 weights, more than this machine's {have / 2**30:,.1f} GiB of "
+             f"memory; use a smaller {smaller} or a larger --width-ratio")
+
+
 def model_main(prog, argv, *, build, summary, count):
     """`python -m vgg_X.model`: print d2l's per-block shape summary and the parameter counts."""
     p = add_model_args(argparse.ArgumentParser(prog=f"python -m {prog}", description=summary.__module__ + ": VGG shape summary"))
     p.add_argument("--image-size", type=int, default=224, help="input height and width (at least 32 for five blocks)")
     args = p.parse_args(argv)
     try:
-        make_spec(args.arch, **spec_kwargs(args, args.image_size))  # validate before any framework work
+        spec = make_spec(args.arch, **spec_kwargs(args, args.image_size))  # validate before any framework work
     except ArchError as e:
         fail(str(e))
+    check_fits(spec, "--image-size or --num-classes")
     net = build(args.arch, **spec_kwargs(args, args.image_size))
     print(summary(net))
     params, buffers = count(net)
@@ -178,8 +205,9 @@ def check_train_args(args) -> None:
     if args.optimizer == "adam" and args.momentum:
         fail("--momentum applies to --optimizer sgd only (Adam has its own betas)")
     try:
-        make_spec(args.arch, **spec_kwargs(args, args.resize))
+        spec = make_spec(args.arch, **spec_kwargs(args, args.resize))
     except ArchError as e:
         fail(str(e).replace("image_size", "--resize"))
+    check_fits(spec, "--resize")
     if args.optimizer == "sgd" and args.lr > 1.0 or args.optimizer == "adam" and args.lr > 0.1:
         print(f"warning: --lr {args.lr} is unusually high for {args.optimizer}; expect divergence", file=sys.stderr)

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from .cli import parse_train_args
-from .training import write_atomic, write_json
+from .files import write_atomic
+from .training import write_json
 
 FRAMEWORKS = {"torch": "vgg_torch.train", "gluon": "vgg_gluon.train", "flax": "vgg_flax.train"}
 NOT_PASSED = {"help", "preset", "out", "frameworks", "progress"}  # handled here, or already resolved

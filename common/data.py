@@ -9,12 +9,14 @@ that PyTorch, Gluon and Flax all see exactly the same pixels in the same order.
 No framework is imported here (a test checks it); matplotlib only inside
 save_image_grid. `python -m common.data` says which data set it finds.
 """
-import argparse, functools, gzip, hashlib, os, queue, sys, tempfile, threading, time, zlib
+import argparse, functools, gzip, hashlib, os, queue, sys, threading, time, zlib
 import urllib.request, http.client
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from tqdm import tqdm
+
+from .files import atomic_path
 
 CLASS_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
                'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
@@ -47,10 +49,16 @@ def _where_to_put(folder) -> str:
 
 # ---------------------------------------------------------------------------- reading
 
-def read_idx(path) -> np.ndarray:
+MAGIC = {'images': 2051, 'labels': 2049}
+
+
+def read_idx(path, kind=None) -> np.ndarray:
     """Read one IDX file (gzipped or raw) of Fashion-MNIST images (magic 2051, N x 28 x 28)
-    or labels (magic 2049, N, values 0-9) as a read-only uint8 array."""
+    or labels (magic 2049, N, values 0-9) as a read-only uint8 array. kind ('images' or
+    'labels'): what the file must hold; a file of the other kind is refused, saying so."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f'{path} is a folder, not an IDX file; put the file itself there')
     try:
         raw = path.read_bytes()
         if raw[:2] == b'\x1f\x8b':  # sniff, not trust the name: some tools gunzip in place
@@ -59,10 +67,16 @@ def read_idx(path) -> np.ndarray:
         raise DataError(f'{path}: no such file') from None
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a truncated .gz is EOFError
         raise DataError(f'{path}: corrupt or truncated gzip ({e}); delete it and download it again') from None
+    if not raw:
+        raise DataError(f'{path}: the file is empty; delete it and download it again')
     magic = int.from_bytes(raw[:4], 'big') if len(raw) >= 4 else None
     if magic not in (2049, 2051):
         raise DataError(f'{path}: bad magic number {magic} (expected 2051 for images or 2049 for labels); '
                         'this is not a Fashion-MNIST IDX file')
+    if kind is not None and magic != MAGIC[kind]:
+        other = 'labels' if kind == 'images' else 'images'
+        raise DataError(f'{path}: holds {other} (magic number {magic}) where {kind} (magic {MAGIC[kind]}) were '
+                        f'expected; are the images and labels files swapped or misnamed?')
     ndim, header = raw[3], 4 + 4 * raw[3]
     if len(raw) < header:
         raise DataError(f'{path}: header is truncated')
@@ -95,11 +109,13 @@ class FashionMNIST:
 
 
 def _find(folder: Path, stem: str):
-    return next((p for p in (folder / f'{stem}.gz', folder / stem) if p.is_file()), None)
+    return next((p for p in (folder / f'{stem}.gz', folder / stem) if p.exists()), None)
 
 
 def _load_dir(folder, source: str) -> FashionMNIST:
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f'{folder} is a file, not a folder: name the folder that holds the four Fashion-MNIST files')
     paths = {name[:-3]: _find(folder, name[:-3]) for name in FILES}
     missing = [stem + '[.gz]' for stem, p in paths.items() if p is None]
     if missing:
@@ -107,11 +123,7 @@ def _load_dir(folder, source: str) -> FashionMNIST:
     arrays = []
     for split in ('train', 't10k'):
         ipath, lpath = paths[f'{split}-images-idx3-ubyte'], paths[f'{split}-labels-idx1-ubyte']
-        images, labels = read_idx(ipath), read_idx(lpath)
-        if images.ndim != 3:
-            raise DataError(f'{ipath}: holds labels (magic 2049), not images')
-        if labels.ndim != 1:
-            raise DataError(f'{lpath}: holds images (magic 2051), not labels')
+        images, labels = read_idx(ipath, 'images'), read_idx(lpath, 'labels')
         if len(images) != len(labels):
             raise DataError(f'{ipath} has {len(images):,} images but {lpath} has {len(labels):,} labels; '
                             'one of the two files is wrong')
@@ -126,26 +138,20 @@ def sample_dataset() -> FashionMNIST:
 # ---------------------------------------------------------------------------- finding and downloading
 
 def _fetch(url: str, path: Path, md5: str, progress: bool, timeout: float):
-    # Write to a hidden temp file in the same folder and rename only once the checksum
-    # matches, so a killed or truncated download never leaves a file that later looks good.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.part')
+    # Into a hidden temp file in the same folder, renamed only once the checksum matches
+    # (common.files), so a killed or truncated download never leaves a file that later looks good.
     digest = hashlib.md5()
-    try:
-        with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(url, timeout=timeout) as r:
-            total, received = int(r.headers.get('Content-Length') or 0), 0
-            with tqdm(total=total or None, unit='B', unit_scale=True, desc=path.name, disable=not progress, leave=False) as bar:
-                while chunk := r.read(1 << 16):
-                    f.write(chunk); digest.update(chunk); bar.update(len(chunk))
-                    received += len(chunk)
-            f.flush(); os.fsync(f.fileno())
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f, urllib.request.urlopen(url, timeout=timeout) as r:
+        total, received = int(r.headers.get('Content-Length') or 0), 0
+        with tqdm(total=total or None, unit='B', unit_scale=True, desc=path.name, disable=not progress, leave=False) as bar:
+            while chunk := r.read(1 << 16):
+                f.write(chunk); digest.update(chunk); bar.update(len(chunk))
+                received += len(chunk)
+        f.flush(); os.fsync(f.fileno())
         if total and received != total:
             raise DataError(f'truncated: received {received:,} of {total:,} bytes')
         if digest.hexdigest() != md5:
             raise DataError(f'checksum mismatch (md5 {digest.hexdigest()}, expected {md5})')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def download(dest_dir, *, mirrors=None, checksums=None, progress=True, retries=3, backoff=None, timeout=30.0) -> None:
@@ -366,12 +372,8 @@ def save_image_grid(path, images, labels, *, ncols=8, predictions=None) -> None:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.part')
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format='png')
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def main(argv=None):
@@ -383,7 +385,8 @@ def main(argv=None):
     try:
         data = load_fashion_mnist(args.data_dir, download=not args.no_download)
     except DataError as e:
-        sys.exit(f'error: {e}')
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
     print(data.describe())
     if args.grid:
         save_image_grid(args.grid, data.train_images[:32], data.train_labels[:32])

@@ -47,17 +47,13 @@ from tqdm import tqdm
 from .arch import make_spec
 from .cli import fail, spec_kwargs
 from .data import DataError, Loader, load_fashion_mnist
+from .errors import CheckpointError
+from .files import umask as _umask, write_atomic  # noqa: F401  (write_atomic: importable from here too)
 
 # Flags that define the run's arithmetic: --resume refuses to continue with different ones.
 RESUME_KEYS = ("arch", "width_ratio", "scale_classifier", "dropout", "resize", "batch_size", "lr",
                "optimizer", "momentum", "normalize", "init", "seed", "max_steps")
 CURVE_POINTS = 5  # points per epoch in the plot's training curves, as d2l's animator
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def keep_freed_memory() -> bool:
@@ -74,20 +70,6 @@ def keep_freed_memory() -> bool:
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, -1) == 1
-
-
-def write_atomic(path, data: bytes | str) -> None:
-    """Write to a temp file beside `path`, then rename: readers see the old or the new file, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the reports from other users
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_json(path, obj) -> None:
@@ -164,6 +146,8 @@ class Run:
         tmp = Path(tempfile.mkdtemp(dir=self.out, prefix=".checkpoint-"))
         try:
             backend.save_checkpoint(tmp, epoch)
+            for f in tmp.iterdir():  # safetensors writes 0600 files; the folder's rename is what makes it atomic
+                os.chmod(f, 0o666 & ~_umask())
             os.chmod(tmp, 0o777 & ~_umask())
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -293,7 +277,10 @@ def run(args, make_backend) -> dict:
           f"{' (--device auto)' if args.device == 'auto' else ''} ({backend.threads})")
     say(data.describe())
     if first:
-        backend.load_checkpoint(last := files.last_checkpoint()[1])
+        try:
+            backend.load_checkpoint(last := files.last_checkpoint()[1])
+        except CheckpointError as e:
+            fail(f"--resume: {e}")
         say(f"resumed from {last} after epoch {first}")
     if first >= args.epochs:
         say(f"nothing to do: {files.out} already holds {first} epochs (ask for more with --epochs)")

@@ -14,9 +14,8 @@ holds its own rename and transposes; this file imports no framework.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from .arch import Block, VGGSpec
+from .files import atomic_path
 
 FORMAT = "vgg-three-ways/1"
 
@@ -100,12 +100,34 @@ def spec_metadata(spec: VGGSpec, **extra: str) -> dict[str, str]:
 def spec_from_metadata(metadata: dict[str, str]) -> VGGSpec:
     try:
         f = json.loads(metadata["spec"])
-        return VGGSpec(name=f["name"], blocks=tuple(Block(c, tuple(ks)) for c, ks in f["blocks"]),
+        spec = VGGSpec(name=f["name"], blocks=tuple(Block(c, tuple(ks)) for c, ks in f["blocks"]),
                        in_channels=f["in_channels"], num_classes=f["num_classes"], image_size=tuple(f["image_size"]),
                        hidden_units=f["hidden_units"], dropout=f["dropout"], batch_norm=f["batch_norm"], lrn=f["lrn"])
+        problem = _spec_problem(spec)
     except (KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"the file's metadata holds no usable VGG spec ({type(e).__name__}: {e}); "
-                           f"was it written by this project's save()?") from None
+        problem = f"{type(e).__name__}: {e}"
+    if problem:
+        raise WeightsError(f"the file's metadata holds no usable VGG spec ({problem}); "
+                           f"was it written by this project's save()?")
+    return spec
+
+
+def _spec_problem(spec: VGGSpec) -> str:
+    """What makes a spec read from a file unbuildable (make_spec refuses the same on the command line), or ''."""
+    def positive(v):
+        return type(v) is int and v > 0
+    counts = [spec.in_channels, spec.num_classes, spec.hidden_units, *spec.image_size]
+    if not spec.blocks or not all(map(positive, counts)) or len(spec.image_size) != 2:
+        return "sizes must be positive integers and there must be at least one block"
+    if not all(positive(b.out_channels) and b.kernel_sizes and all(k in (1, 3) for k in b.kernel_sizes)
+               for b in spec.blocks):
+        return "every block needs positive channels and kernels of size 1 or 3"
+    if min(spec.image_size) >> len(spec.blocks) < 1:
+        return f"{len(spec.blocks)} poolings shrink a {spec.image_size} input to nothing"
+    if not (type(spec.dropout) in (int, float) and 0 <= spec.dropout < 1) \
+            or {type(spec.batch_norm), type(spec.lrn)} != {bool}:
+        return "dropout must lie in [0, 1) and batch_norm and lrn be true or false"
+    return ""
 
 
 # --- the file ---------------------------------------------------------------
@@ -116,28 +138,78 @@ def save_weights(path, tensors: dict[str, np.ndarray], metadata: dict[str, str])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(arrays, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+
+# What a file may store: float32 as is; other floats become float32, with a note on stderr.
+# Integers and booleans are refused: no VGG weight is one, and converted they would load and give nonsense.
+_CONVERTED = {"F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def _bfloat16(path: Path, name: str, shape) -> np.ndarray:
+    """A BF16 tensor as float32, exactly (bfloat16 is float32's upper 16 bits). NumPy has no bfloat16
+    of its own, so the bytes are read at the offsets the file's header gives."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        begin, end = json.loads(f.read(n))[name]["data_offsets"]
+        f.seek(8 + n + begin)
+        raw = np.frombuffer(f.read(end - begin), "<u2")
+    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+
+
+def _refuse_non_finite(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    bad = [(k, v) for k, v in tensors.items() if not np.isfinite(v).all()]
+    if not bad:
+        return
+    name, x = bad[0]
+    nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+    what = " and ".join(w for w in (f"{nan:,} NaN" if nan else "", f"{inf:,} infinite" if inf else "") if w)
+    more = {1: ""}.get(len(bad), f"; {len(bad) - 1} more tensor{'s' * (len(bad) > 2)} after it too")
+    raise WeightsError(f"{path}: {name} holds {what} values (of {x.size:,}){more}. Weights must be finite (one NaN "
+                       "spreads through the network and spoils the predictions); were they saved after training "
+                       "diverged? Use weights from an earlier epoch")
 
 
 def load_weights(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(tensors in network order, metadata) of a file written by save_weights."""
+    """(float32 tensors in network order, metadata) of a file written by save_weights.
+
+    Refused with a WeightsError that names the tensor: integer or boolean tensors, and tensors
+    holding NaN or infinity. float16, bfloat16 and float64 are converted to float32, with a note."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "model.safetensors"
+        hint = f"did you mean {inside}?" if inside.is_file() else "it holds no model.safetensors; name a weights file"
+        raise WeightsError(f"{path} is a folder, not a weights file; {hint}")
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
+    converted: dict[str, list[str]] = {}
     try:
         with safe_open(path, framework="np") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
+            tensors = {}
+            for k in sorted(f.keys(), key=_network_order):
+                dtype = f.get_slice(k).get_dtype()
+                if dtype == "F32":
+                    tensors[k] = f.get_tensor(k)
+                elif dtype in _CONVERTED:
+                    converted.setdefault(_CONVERTED[dtype], []).append(k)
+                    tensors[k] = (_bfloat16(path, k, f.get_slice(k).get_shape()) if dtype == "BF16"
+                                  else f.get_tensor(k).astype(np.float32))
+                else:
+                    kind = dtype.lower().replace("i", "int", 1).replace("u", "uint", 1).replace("f", "float", 1)
+                    raise WeightsError(f"{path}: {k} stores {kind} values; weights are floating point (float32, "
+                                       "or float16, bfloat16, float64, which are converted). Is this a weights file?")
+    except WeightsError:
+        raise
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
-    return {k: tensors[k] for k in sorted(tensors, key=_network_order)}, metadata
+    _refuse_non_finite(path, tensors)
+    for dtype, names in converted.items():
+        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+        how = "narrowed" if dtype == "float64" else "widened"
+        print(f"note: {path} stores {dtype} ({names[0]}{more}); {how} to float32", file=sys.stderr)
+    return tensors, metadata
 
 
 def read_spec(path) -> tuple[VGGSpec, dict[str, np.ndarray], dict[str, str]]:
@@ -146,6 +218,9 @@ def read_spec(path) -> tuple[VGGSpec, dict[str, np.ndarray], dict[str, str]]:
     if metadata.get("format") != FORMAT:
         raise WeightsError(f"{path}: not a {FORMAT} weights file (metadata format is {metadata.get('format')!r}); "
                            "write one with vgg_torch/vgg_gluon/vgg_flax .weights.save()")
-    spec = spec_from_metadata(metadata)
-    check_compatible(expected_canonical(spec), tensors, f"the spec in its own metadata ({spec.name})")
+    try:
+        spec = spec_from_metadata(metadata)
+        check_compatible(expected_canonical(spec), tensors, f"the spec in its own metadata ({spec.name})")
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
     return spec, tensors, metadata

@@ -84,11 +84,16 @@ def corruptions():
         'bad magic': ('train-images-idx3-ubyte', idx(images, magic=2050), 'bad magic number 2050'),
         'labels magic for images': ('train-images-idx3-ubyte', idx(labels), 'holds labels'),
         'images magic for labels': ('t10k-labels-idx1-ubyte', idx(images), 'holds images'),
+        # a labels file whose magic says images: its header would read as absurd image dimensions
+        'labels with the images magic': ('t10k-labels-idx1-ubyte', (2051).to_bytes(4, 'big') + idx(labels)[4:],
+                                         'holds images (magic number 2051) where labels (magic 2049) were expected'),
+        'images with the labels magic': ('train-images-idx3-ubyte', (2049).to_bytes(4, 'big') + idx(images)[4:],
+                                         'holds labels (magic number 2049) where images (magic 2051) were expected'),
         'wrong dims': ('train-images-idx3-ubyte', idx(images[:, :27, :]), 'dimensions (20, 27, 28)'),
         'truncated data': ('train-images-idx3-ubyte', idx(images)[:-100], 'truncated or corrupt'),
         'extra data': ('train-labels-idx1-ubyte', idx(labels) + b'\x00', 'truncated or corrupt'),
         'truncated header': ('train-labels-idx1-ubyte', idx(labels)[:6], 'header is truncated'),
-        'empty file': ('train-labels-idx1-ubyte', b'', 'bad magic number None'),
+        'empty file': ('train-labels-idx1-ubyte', b'', 'the file is empty'),
         'truncated gzip': ('train-images-idx3-ubyte', good_gz[:len(good_gz) // 2], 'corrupt or truncated gzip'),
         'corrupt gzip crc': ('train-images-idx3-ubyte', bytes(bad_crc), 'corrupt or truncated gzip'),
         'garbled gzip': ('train-images-idx3-ubyte', bytes(garbled), 'corrupt or truncated gzip'),
@@ -106,6 +111,17 @@ def test_corrupt_files_raise_dataerror_naming_the_file(tmp_path, case, capsys):
     assert message in str(e.value)
     assert stem in str(e.value)
     assert 'sample' not in capsys.readouterr().err
+
+
+def test_a_folder_where_a_file_belongs_and_a_file_where_the_folder_belongs(tmp_path):
+    folder = write_dir(tmp_path / 'd')
+    (folder / 't10k-images-idx3-ubyte.gz').unlink()
+    (folder / 't10k-images-idx3-ubyte.gz').mkdir()
+    with pytest.raises(DataError, match=r't10k-images-idx3-ubyte\.gz is a folder, not an IDX file'):
+        load_fashion_mnist(folder)
+    (tmp_path / 'file').write_bytes(b'x')
+    with pytest.raises(DataError, match='is a file, not a folder'):
+        load_fashion_mnist(tmp_path / 'file')
 
 
 def test_read_idx_direct(tmp_path):

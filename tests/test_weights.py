@@ -1,5 +1,6 @@
 """The canonical weight format: names and shapes, files, the compatibility check and its
 messages, the torchvision mapping, and the `vgg_X.evaluate` commands."""
+import json
 import os
 import re
 from math import prod
@@ -125,6 +126,110 @@ def test_file_errors(tmp_path):
     save_file({"features.0.weight": np.zeros((2, 2), np.float32)}, tmp_path / "other.safetensors")
     with pytest.raises(WeightsError, match="not a vgg-three-ways/1 weights file"):
         read_spec(tmp_path / "other.safetensors")
+
+
+# --- what a file may hold: finite floating-point numbers ------------------------------------
+
+
+def _spec_and_tensors():
+    spec = make_spec("vgg11", **TINY)
+    return spec, random_canonical(spec)
+
+
+def test_non_finite_tensors_are_refused_by_name(tmp_path):
+    from safetensors.numpy import save_file
+    spec, tensors = _spec_and_tensors()
+    for bad, name, says in ((np.nan, "fc3.weight", "holds 3 NaN values (of 5,120)"),
+                            (np.inf, "block2.conv1.weight", "holds 3 infinite values"),
+                            (-np.inf, "fc1.bias", "holds 3 infinite values (of 512)")):
+        broken = dict(tensors, **{name: tensors[name].copy()})
+        broken[name].reshape(-1)[[0, 7, -1]] = bad
+        save_file(broken, tmp_path / "w.safetensors", metadata=spec_metadata(spec))
+        with pytest.raises(WeightsError, match=rf"w\.safetensors: {re.escape(name)} {re.escape(says)}.*must be finite"):
+            load_weights(tmp_path / "w.safetensors")
+    # several broken tensors: the first in network order is named, the others counted
+    broken = {k: np.full_like(v, np.nan) if k in ("fc2.bias", "block3.conv2.weight") else v for k, v in tensors.items()}
+    save_file(broken, tmp_path / "two.safetensors", metadata=spec_metadata(spec))
+    with pytest.raises(WeightsError, match=r"block3\.conv2\.weight holds .*; 1 more tensor after it too"):
+        read_spec(tmp_path / "two.safetensors")
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, np.bool_])
+def test_integer_tensors_are_refused(tmp_path, dtype):
+    from safetensors.numpy import save_file
+    spec, tensors = _spec_and_tensors()
+    save_file({k: (v * 100).astype(dtype) for k, v in tensors.items()}, tmp_path / "w.safetensors",
+              metadata=spec_metadata(spec))
+    kind = np.dtype(dtype).name
+    with pytest.raises(WeightsError, match=rf"block1\.conv1\.weight stores {kind} values; weights are floating point"):
+        load_weights(tmp_path / "w.safetensors")
+
+
+def test_float16_and_float64_become_float32_with_a_note(tmp_path, capsys):
+    from safetensors.numpy import save_file
+    spec, tensors = _spec_and_tensors()
+    for dtype, how in ((np.float16, "widened"), (np.float64, "narrowed")):
+        save_file({k: v.astype(dtype) for k, v in tensors.items()}, tmp_path / "w.safetensors",
+                  metadata=spec_metadata(spec))
+        got = read_spec(tmp_path / "w.safetensors")[1]
+        assert all(got[k].dtype == np.float32 and np.array_equal(got[k], tensors[k].astype(dtype).astype(np.float32))
+                   for k in tensors)
+        assert np.abs(got["fc1.weight"] - tensors["fc1.weight"]).max() > 0 or dtype is np.float64  # float16 rounds
+        err = capsys.readouterr().err
+        assert err == (f"note: {tmp_path / 'w.safetensors'} stores {np.dtype(dtype).name} (block1.conv1.weight and "
+                       f"{len(tensors) - 1} more); {how} to float32\n"), err
+
+
+def _write_safetensors_by_hand(path, tensors: dict, metadata: dict):
+    """The safetensors layout, written from its specification: u64 little-endian header size, JSON
+    header (dtype, shape, byte offsets), then the bytes. tensors: name -> (dtype name, shape, raw bytes)."""
+    header, offset, body = {"__metadata__": metadata}, 0, b""
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
+        offset, body = offset + len(raw), body + raw
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + body)
+
+
+def test_bfloat16_is_widened_exactly(tmp_path, capsys):
+    """bfloat16 is the upper half of a float32: values cut to 16 bits must come back bit for bit.
+    NumPy has no bfloat16, so the file is written by hand from the format's specification."""
+    spec, tensors = _spec_and_tensors()
+    cut = {k: (v.view(np.uint32) & 0xFFFF0000).view(np.float32) for k, v in tensors.items()}
+    _write_safetensors_by_hand(tmp_path / "w.safetensors", {
+        k: ("BF16", v.shape, (v.view(np.uint32) >> 16).astype("<u2").tobytes()) for k, v in cut.items()},
+        spec_metadata(spec))
+    got_spec, got, _ = read_spec(tmp_path / "w.safetensors")
+    assert got_spec == spec and all(got[k].dtype == np.float32 and np.array_equal(got[k], cut[k]) for k in cut)
+    assert "stores bfloat16 (block1.conv1.weight and 21 more); widened to float32" in capsys.readouterr().err
+
+
+def test_a_folder_given_as_weights(tmp_path):
+    with pytest.raises(WeightsError, match=r"is a folder, not a weights file; it holds no model\.safetensors"):
+        load_weights(tmp_path)
+    spec, tensors = _spec_and_tensors()
+    save_weights(tmp_path / "model.safetensors", tensors, spec_metadata(spec))
+    inside = re.escape(str(tmp_path / "model.safetensors"))
+    with pytest.raises(WeightsError, match=rf"a weights file; did you mean {inside}\?"):
+        read_spec(tmp_path)
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("image_size", [16, 16], "5 poolings shrink a (16, 16) input to nothing"),
+    ("num_classes", 0, "sizes must be positive integers"),
+    ("blocks", [[8, [5]]], "every block needs positive channels and kernels of size 1 or 3"),
+    ("dropout", 1.5, "dropout must lie in [0, 1)"),
+    ("in_channels", "1", "sizes must be positive integers"),
+])
+def test_a_spec_that_cannot_be_built_is_refused(tmp_path, field, value, says):
+    spec, tensors = _spec_and_tensors()
+    metadata = spec_metadata(spec)
+    metadata["spec"] = json.dumps(dict(json.loads(metadata["spec"]), **{field: value}))
+    save_weights(tmp_path / "w.safetensors", tensors, metadata)
+    with pytest.raises(WeightsError, match=rf"w\.safetensors: the file's metadata holds no usable VGG spec "
+                                           rf"\({re.escape(says)}"):
+        read_spec(tmp_path / "w.safetensors")
 
 
 def test_save_overwrites_atomically(tmp_path):

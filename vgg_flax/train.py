@@ -19,10 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from common import training
 from common.cli import parse_train_args, spec_kwargs
+from common.errors import CheckpointError, reason
 from vgg_flax import parallel
 from vgg_flax import weights
 from vgg_flax.model import count_parameters, vgg
@@ -101,20 +103,34 @@ def save_checkpoint(folder, model, optimizer, epoch: int) -> None:
 
 
 def load_checkpoint(folder, model, optimizer) -> int:
-    saved = load_file(str(folder / "state.safetensors"))
-    for prefix, node in (("model/", model), ("optimizer/", optimizer)):
-        state = nnx.state(node)
+    """Restore what save_checkpoint wrote; returns the epoch. A file that is not such a checkpoint
+    raises CheckpointError (safetensors runs no code: the worst a foreign file does is not fit)."""
+    path = folder / "state.safetensors"
+    try:
+        saved = load_file(str(path))
+        for prefix, node in (("model/", model), ("optimizer/", optimizer)):
+            state = nnx.state(node)
 
-        def restore(path, leaf):
-            name = prefix + _name(path)
-            if name not in saved:
-                raise ValueError(f"{folder}: the checkpoint has no {name}; it was written for another model")
-            v = jnp.asarray(saved[name])
-            return jax.random.wrap_key_data(v) if _is_key(leaf) else v
+            def restore(p, leaf):
+                name = prefix + _name(p)
+                if name not in saved:
+                    raise CheckpointError(f"{path} is not a checkpoint this project wrote for this model: it has no "
+                                          f"{name}. Resume from another checkpoint, or start afresh with another --out")
+                v, want = saved[name], (jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+                if v.shape != want.shape:
+                    raise CheckpointError(f"{path} is not a checkpoint this project wrote for this model: {name} is "
+                                          f"{v.shape} in the file but {want.shape} here. Resume from another "
+                                          "checkpoint, or start afresh with another --out")
+                v = jnp.asarray(v)
+                return jax.random.wrap_key_data(v) if _is_key(leaf) else v
 
-        nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(restore, nnx.to_pure_dict(state)))
-        nnx.update(node, state)
-    return json.loads((folder / "state.json").read_text())["epoch"]
+            nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(restore, nnx.to_pure_dict(state)))
+            nnx.update(node, state)
+        path = folder / "state.json"
+        return json.loads(path.read_text())["epoch"]
+    except (SafetensorError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
+                              "resume from another checkpoint, or start afresh with another --out") from None
 
 
 class Backend:

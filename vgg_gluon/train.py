@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from mxnet import autograd, gluon
 
 from common import training
 from common.cli import parse_train_args, spec_kwargs
+from common.errors import CheckpointError, reason
 from vgg_gluon import parallel
 from vgg_gluon import weights
 from vgg_gluon.model import count_parameters, vgg
@@ -95,11 +97,54 @@ def save_checkpoint(folder, net, trainer, epoch: int) -> None:
     (folder / "state.json").write_text(json.dumps({"epoch": epoch, "rng": "reseeded from (seed, epoch)"}))
 
 
+# The classes that trainer.save_states pickles: the optimiser and its state's NDArrays.
+_STATE_CLASSES = {("builtins", "bytearray"), ("mxnet.ndarray.ndarray", "NDArray"),
+                  ("mxnet.optimizer.optimizer", "SGD"), ("vgg_gluon.train", "Adam")}
+
+
+class _Refused(pickle.UnpicklingError):
+    """A class outside _STATE_CLASSES; the message is its name."""
+
+
+class _StatesOnly(pickle.Unpickler):
+    """trainer.load_states unpickles its file as it is, and unpickling can run any code: each file is
+    first read with nothing but the classes above (what torch.load's weights_only does for PyTorch)."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _STATE_CLASSES:
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def load_checkpoint(folder, net, trainer) -> int:
+    """Restore what save_checkpoint wrote; returns the epoch. A file that is not such a checkpoint
+    raises CheckpointError, and trainer.states runs no code of its own (see _StatesOnly)."""
     ctx = next(iter(net.collect_params().values())).list_ctx()
-    net.load_parameters(str(folder / "model.params"), ctx=ctx)
-    trainer.load_states(str(folder / "trainer.states"))
-    return json.loads((folder / "state.json").read_text())["epoch"]
+    path = folder / "model.params"
+    try:
+        net.load_parameters(str(path), ctx=ctx)
+        path = folder / "trainer.states"
+        with open(path, "rb") as f:
+            try:
+                states = _StatesOnly(f).load()
+            except _Refused as e:
+                raise CheckpointError(f"{path} is not a checkpoint this project wrote: it refers to {e}, which is "
+                                      "refused unread (unpickling it could run code). Resume only from checkpoints "
+                                      "you wrote, or start afresh with another --out") from None
+        # what save_states writes: ({parameter index: state}, the optimiser), for this trainer's optimiser
+        indices = set(range(len(net.collect_params())))
+        if not (isinstance(states, tuple) and len(states) == 2 and isinstance(states[0], dict)
+                and type(states[1]) is type(trainer.optimizer) and set(states[0]) <= indices):
+            raise CheckpointError(f"{path} is not a checkpoint this project wrote for this run: it holds no "
+                                  f"{type(trainer.optimizer).__name__} state for this model. Resume from another "
+                                  "checkpoint, or start afresh with another --out")
+        trainer.load_states(str(path))
+        path = folder / "state.json"
+        return json.loads(path.read_text())["epoch"]
+    except (mx.base.MXNetError, pickle.UnpicklingError, AssertionError, EOFError, KeyError, IndexError, TypeError,
+            ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
+                              "resume from another checkpoint, or start afresh with another --out") from None
 
 
 class Backend:

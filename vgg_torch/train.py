@@ -8,15 +8,19 @@ checkpoints as safetensors (the model's state_dict, the project's canonical layo
 from __future__ import annotations
 
 import json
+import pickle
+import re
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from common import training
 from common.cli import parse_train_args, spec_kwargs
+from common.errors import CheckpointError, reason
 from vgg_torch import parallel
 from vgg_torch import weights
 from vgg_torch.model import count_parameters, vgg
@@ -73,15 +77,27 @@ def save_checkpoint(folder, net, optimizer, epoch: int) -> None:
 
 def load_checkpoint(folder, net, optimizer) -> int:
     """Restore what save_checkpoint wrote; returns the epoch. Only tensors and plain containers
-    are unpickled (`weights_only=True`)."""
+    are unpickled (`weights_only=True`); a file that is not such a checkpoint raises CheckpointError."""
     device = next(net.parameters()).device
-    net.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
-    state = torch.load(folder / "state.pt", map_location=device, weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["cpu"].cpu())
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-    return state["epoch"]
+    path = folder / "model.safetensors"
+    try:
+        net.load_state_dict(load_file(str(path), device=str(device)))
+        path = folder / "state.pt"
+        state = torch.load(path, map_location=device, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["cpu"].cpu())
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        return state["epoch"]
+    except pickle.UnpicklingError as e:  # not repeated: torch's text suggests turning the safe loader off
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        why = (f"it refers to {found[1]}, which the safe loader refuses unread (unpickling it could run code)"
+               if found else "the safe loader cannot read it as a file of tensors")
+        raise CheckpointError(f"{path} is not a checkpoint this project wrote: {why}. Resume only from "
+                              "checkpoints you wrote, or start afresh with another --out") from None
+    except (SafetensorError, RuntimeError, KeyError, IndexError, TypeError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
+                              "resume from another checkpoint, or start afresh with another --out") from None
 
 
 class Backend:

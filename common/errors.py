@@ -1,0 +1,18 @@
+"""Typed errors that the command line turns into one `error: ...` line and exit code 2.
+(WeightsError lives in common.weights and DataError in common.data, beside the code that raises them.)"""
+
+
+class CheckpointError(Exception):
+    """A checkpoint file that this project did not write, or that is damaged; the message names the
+    file and says what to do. Raised by each framework's train.load_checkpoint."""
+
+
+def reason(e: BaseException) -> str:
+    """An exception as a short parenthesis for a one-line message: its type and its first line."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback"):  # MXNet's C++ errors carry their own stack: keep its last line
+        lines = [lines[-1].split(": ", 1)[-1]]
+    text = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else lines[0] if lines else ""
+    # a library's advice to flip one of its flags (allow_missing=True, ...) is not ours to give
+    text = ". ".join(s for s in text.split(". ") if "=True" not in s and "=False" not in s)
+    return f"{type(e).__name__}: {text[:200]}{'...' * (len(text) > 200)}" if text else type(e).__name__

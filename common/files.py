@@ -1,0 +1,47 @@
+"""Writing files atomically, the one way every file of the project is written. No framework here.
+
+    write_atomic(path, data)            bytes or text
+    with atomic_path(path) as tmp:      for writers that want a path (safetensors' save_file,
+        save_file(arrays, tmp)          matplotlib, a download)
+
+The data goes to a hidden temp file beside the target (same folder, so same file system) and is
+renamed over it only once complete: a reader, or a run killed half-way, sees the old file or the
+new one, never half of one. The file gets the mode a plain open() would give, 0o666 less the
+umask: mkstemp makes 0600 and safetensors' writer does too, which would hide exported weights
+from the other users of a shared run folder while its reports stayed readable.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temp path beside `path`; on success it is renamed onto `path` with mode 0o666 & ~umask,
+    on any exception (KeyboardInterrupt included) it is removed and `path` is left as it was."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # after the writer: some writers replace the file we made
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_atomic(path, data: bytes | str) -> None:
+    """Write bytes (or text, as UTF-8) to `path` atomically, as atomic_path does."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
