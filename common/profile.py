@@ -215,7 +215,10 @@ def measured(entry) -> dict:
 
 
 def _mem(m: dict) -> str:
-    return f"{m['device_peak_mb']:,.0f} MB device" if "device_peak_mb" in m else f"{m['peak_rss_after_step_mb']:,.0f} MB RSS"
+    """The device's peak, or on a CPU the process's peak RSS and what the steps added to the built model's."""
+    if "device_peak_mb" in m:
+        return f"{m['device_peak_mb']:,.0f} MB device"
+    return f"{m['peak_rss_after_step_mb']:,.0f} MB RSS (+{m['peak_rss_after_step_mb'] - m['rss_after_build_mb']:,.0f})"
 
 
 def arithmetic_table(entry) -> str:
@@ -265,9 +268,12 @@ def measured_table(entry) -> str:
     lines.append("| step - sum | | " + " | ".join(
         f"{1e3 * (m[f]['step_s'] - m[f]['sum_s']):+.0f} | | {100 * (1 - m[f]['sum_s'] / m[f]['step_s']):+.0f}"
         for f in fws) + " |")
-    lines.append("| peak memory | | " + " | ".join(f"{_mem(m[f]['memory'])} | | " for f in fws) + " |")
-    lines += ["", "step - sum: what the per-layer view misses (the loss, the optimiser's update, the framework's "
-                  "overhead per step) or counts twice (work that the whole step fuses or overlaps across layers)."]
+    lines.append("| peak memory of the step | | " + " | ".join(f"{_mem(m[f]['memory'])} | | " for f in fws) + " |")
+    lines += ["", "fwd + bwd: each layer alone, forward with what its backward keeps, then backward. step - sum: "
+                  "what the per-layer view misses (the loss, the optimiser's update, the framework's overhead per "
+                  "step) or counts twice (work that the whole step fuses or overlaps across layers). Memory on a "
+                  "CPU: the process's peak RSS after the training steps, and in brackets what they added to the "
+                  "built model's."]
     lines += gaps(entry)
     for r in entry["frameworks"]:
         if r["status"] != "ok":
