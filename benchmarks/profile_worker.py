@@ -138,7 +138,7 @@ def gluon_layers(r, xs, repeat):
             mx.nd.waitall()
             t1 = time.perf_counter()
             if grad is None:
-                grad = mx.nd.random.normal(shape=y.shape, ctx=y.context, dtype=y.dtype)
+                grad = mx.nd.random.normal(shape=y.shape, ctx=y.context).astype(y.dtype)  # no bfloat16 sampler
             y.backward(grad)
             mx.nd.waitall()
             t2 = time.perf_counter()

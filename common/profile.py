@@ -275,9 +275,6 @@ def measured_table(entry) -> str:
                   "CPU: the process's peak RSS after the training steps, and in brackets what they added to the "
                   "built model's."]
     lines += gaps(entry)
-    for r in entry["frameworks"]:
-        if r["status"] != "ok":
-            lines.append(f"\n{r['framework']}: {r['status']}: {r.get('message', '')}")
     return "\n".join(lines)
 
 
@@ -319,6 +316,8 @@ def report(result) -> str:
     parts = []
     for e in result["sizes"]:
         parts += [arithmetic_table(e), measured_table(e)]
+        parts += [f"{r['framework']} at {e['image_size']} px: {r['status']}: {r.get('message', '')}"
+                  for r in e["frameworks"] if r["status"] != "ok"]
     parts.append(resolution_table(result))
     return "\n\n".join(p for p in parts if p)
 
