@@ -300,8 +300,9 @@ def resolution_table(result) -> str:
     if len(sizes) < 2:
         return ""
     fws = [f for f in result["config"]["frameworks"] if any(measured(e).get(f) for e in sizes)]
-    head = "| size | train GFLOP / step | activations MB | " + " | ".join(f"{_short(f)} step ms | {_short(f)} memory" for f in fws) + " |"
-    lines = ["### Against resolution", "", head, "|---:|---:|---:|" + "---:|---:|" * len(fws)]
+    head = ["size", "train GFLOP / step", "activations MB"] + [f"{_short(f)} {x}" for f in fws for x in ("step ms", "memory")]
+    lines = [f"### Against resolution: {sizes[0]['model']}, batch {sizes[0]['arithmetic']['batch']}", "",
+             "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for e in sizes:
         t, m = e["arithmetic"]["totals"], measured(e)
         cells = [f"{e['image_size']}", f"{t['train_flops_per_example'] * e['arithmetic']['batch'] / 1e9:.1f}",
