@@ -63,7 +63,7 @@ def _best(samples):
 
 # ---------------------------------------------------------------------------- PyTorch
 
-def torch_layers(r, x, repeat):
+def torch_layers(r, x, repeat, clock):
     torch = r.torch
     net = r.b.net
     sync = torch.cuda.synchronize if r.b.dev.type == "cuda" else (lambda: None)
@@ -86,15 +86,15 @@ def torch_layers(r, x, repeat):
             for p in params + [inp]:
                 p.grad = None
             sync()
-            t0 = time.perf_counter()
+            t0 = clock()
             with r.autocast():
                 y = row(inp)
             sync()
-            t1 = time.perf_counter()
+            t1 = clock()
             grad = torch.randn_like(y) if grad is None else grad
             y.backward(grad)
             sync()
-            t2 = time.perf_counter()
+            t2 = clock()
             if i:
                 fwd.append(t1 - t0), bwd.append(t2 - t1)
         out.append({"layer": name, "output_shape": list(y.shape), "forward": _best(fwd), "backward": _best(bwd)})
@@ -103,7 +103,7 @@ def torch_layers(r, x, repeat):
 
 # ---------------------------------------------------------------------------- MXNet Gluon
 
-def gluon_layers(r, xs, repeat):
+def gluon_layers(r, xs, repeat, clock):
     mx = r.mx
     from mxnet import autograd
     net = r.b.net
@@ -132,16 +132,16 @@ def gluon_layers(r, xs, repeat):
         fwd, bwd, grad = [], [], None
         for i in range(repeat + 1):
             mx.nd.waitall()
-            t0 = time.perf_counter()
+            t0 = clock()
             with autograd.record():  # training mode: dropout on
                 y = run(mods, inp)
             mx.nd.waitall()
-            t1 = time.perf_counter()
+            t1 = clock()
             if grad is None:
                 grad = mx.nd.random.normal(shape=y.shape, ctx=y.context).astype(y.dtype)  # no bfloat16 sampler
             y.backward(grad)
             mx.nd.waitall()
-            t2 = time.perf_counter()
+            t2 = clock()
             if i:
                 fwd.append(t1 - t0), bwd.append(t2 - t1)
         out.append({"layer": name, "output_shape": list(y.shape), "forward": _best(fwd), "backward": _best(bwd)})
@@ -190,7 +190,7 @@ def flax_rows(model):
     return rows
 
 
-def flax_layers(r, x_nchw, repeat):
+def flax_layers(r, x_nchw, repeat, clock):
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -221,14 +221,14 @@ def flax_layers(r, x_nchw, repeat):
 
         fwd, bwd, grad = [], [], None
         for i in range(repeat + 1):  # the first compiles
-            t0 = time.perf_counter()
+            t0 = clock()
             y, vjp_fn = jax.block_until_ready(forward(own, rest, x))
-            t1 = time.perf_counter()
+            t1 = clock()
             if grad is None:
                 key, sub = jax.random.split(key)
                 grad = jax.random.normal(sub, y.shape, y.dtype)
             jax.block_until_ready(backward(vjp_fn, grad))
-            t2 = time.perf_counter()
+            t2 = clock()
             if i:
                 fwd.append(t1 - t0), bwd.append(t2 - t1)
         shape = list(y.shape)
@@ -238,6 +238,10 @@ def flax_layers(r, x_nchw, repeat):
     return out
 
 
+# wall: elapsed time. cpu: the process's CPU time, all its threads together: on a shared machine
+# it leaves out the time the process waited for a core (it is the wall time of a one-thread run on
+# an idle machine; with several threads it adds them up, spinning included).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 RUNNERS = {"vgg_torch": (Torch, torch_layers), "vgg_gluon": (Gluon, gluon_layers), "vgg_flax": (Flax, flax_layers)}
 
 
@@ -254,16 +258,20 @@ def measure(cfg: dict) -> dict:
     r.mode(True)
     # the train script's step, timed as benchmarks.throughput does (each step launched before the
     # previous one is waited for, as in training): `repeat` rounds of two steps, the best round kept
-    rounds = [timed(lambda: r.train_step(xd, yd), r.wait, warmup=0 if k else cfg["warmup"], steps=2, seconds=0)
-              for k in range(repeat)]
-    per_step = [t["seconds"] / t["steps"] for t in rounds]
+    step = lambda: r.train_step(xd, yd)  # noqa: E731
+    warm = timed(step, r.wait, warmup=cfg["warmup"], steps=1, seconds=0)
+    per_step = []
+    for _ in range(repeat):
+        c = time.process_time()
+        t = timed(step, r.wait, warmup=0, steps=2, seconds=0)
+        per_step.append((t["seconds"] if cfg["clock"] == "wall" else time.process_time() - c) / t["steps"])
     rss_step, device = _rss_mb(), r.memory()
     t = time.perf_counter()
-    rows = layers(r, xd, repeat)
+    rows = layers(r, xd, repeat, CLOCKS[cfg["clock"]])
     return {"framework": cfg["framework"], "size": size, "status": "ok", "parameters": r.parameters,
             "versions": r.versions, "threads": r.threads, "build_s": build_s,
-            "step": {"best_s": min(per_step), "samples_s": per_step, "first_step_s": rounds[0]["first_step_s"],
-                     "warmup_s": rounds[0]["warmup_s"]},
+            "clock": cfg["clock"], "step": {"best_s": min(per_step), "samples_s": per_step,
+                                            "first_step_s": warm["first_step_s"], "warmup_s": warm["warmup_s"]},
             "layers_s": time.perf_counter() - t, "layers": rows,
             "memory": {"rss_after_build_mb": rss_built, "peak_rss_after_step_mb": rss_step,
                        "peak_rss_mb": _rss_mb(), **device}}

@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("vgg_torch", "vgg_gluon", "vgg_flax")
 ALIASES = {"torch": "vgg_torch", "gluon": "vgg_gluon", "flax": "vgg_flax"}
 BYTES = {"float32": 4, "bfloat16": 2}
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1",
+              "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
 MB = 2**20
 
 
@@ -110,6 +112,10 @@ def parse_args(argv=None):
                    help="timed runs of each layer and timed training steps; the best is reported (default 3)")
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed training steps first (default and least 2: Flax compiles its step on the first two)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time (default). cpu: each worker's CPU time, on one thread per framework "
+                        f"({' '.join(f'{k}={v!r}' for k, v in ONE_THREAD.items())}): on a shared machine it leaves "
+                        "out the time spent waiting for a core, and is the wall time of a one-thread run on an idle one")
     p.add_argument("--out", default="runs/profile",
                    help="a folder (profile.json and profile.png in it) or a .json path (the .png beside it); "
                         "default runs/profile")
@@ -124,6 +130,8 @@ def parse_args(argv=None):
     for name, v in (("--batch-size", args.batch_size), ("--repeat", args.repeat), ("--timeout", args.timeout)):
         if v <= 0:
             fail(f"{name} must be positive, got {v}")
+    if args.clock == "cpu" and args.device == "gpu":
+        fail("--clock cpu times the CPU's work; on a GPU use --clock wall")
     if args.warmup < 2:
         fail(f"--warmup must be at least 2 (Flax compiles its training step on the first two), got {args.warmup}")
     try:
@@ -137,7 +145,7 @@ def parse_args(argv=None):
     return args
 
 
-def run_worker(cfg: dict, timeout: float) -> dict:
+def run_worker(cfg: dict, timeout: float, env: dict | None = None) -> dict:
     """Profile one (framework, size) in a fresh interpreter; a crash becomes a 'failed' row."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path, result_path = Path(tmp, "config.json"), Path(tmp, "result.json")
@@ -145,7 +153,8 @@ def run_worker(cfg: dict, timeout: float) -> dict:
         load = os.getloadavg()[0]
         try:
             proc = subprocess.run([sys.executable, "-m", "benchmarks.profile_worker", str(cfg_path), str(result_path),
-                                   cfg["framework"]], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                                   cfg["framework"]], cwd=ROOT, env={**os.environ, **(env or {})},
+                                  capture_output=True, text=True, timeout=timeout)
             tail, code = (proc.stderr or proc.stdout).strip().splitlines()[-3:], proc.returncode
         except subprocess.TimeoutExpired:
             tail, code = [f"timed out after {timeout:.0f} s (--timeout)"], "timeout"
@@ -162,7 +171,7 @@ def profile(args, argv) -> dict:
     started = time.time()
     load_start = os.getloadavg()
     base = {"arch": args.arch, "width_ratio": args.width_ratio, "batch_size": args.batch_size, "device": args.device,
-            "precision": args.precision, "repeat": args.repeat, "warmup": args.warmup,
+            "precision": args.precision, "repeat": args.repeat, "warmup": args.warmup, "clock": args.clock,
             # what the train scripts do (benchmarks.throughput's defaults)
             "torch_compile": False, "torch_memory_format": "channels_last", "gluon_hybridize": "static",
             "flax_donate": False, "flax_place_state": False}
@@ -174,13 +183,14 @@ def profile(args, argv) -> dict:
         for fw in [] if args.arithmetic_only else args.frameworks:
             print(f"{size} px {fw}...", end=" ", file=sys.stderr, flush=True)
             t = time.perf_counter()
-            r = run_worker({**base, "framework": fw, "size": size}, args.timeout)
+            r = run_worker({**base, "framework": fw, "size": size}, args.timeout, ONE_THREAD if args.clock == "cpu" else None)
             print(f"{r['status']} in {time.perf_counter() - t:.0f} s" + (f": {r['message']}" if r["status"] != "ok" else ""),
                   file=sys.stderr, flush=True)
             entry["frameworks"].append(r)
         sizes.append(entry)
     return {"profile": "per-layer", "command": "python -m common.profile " + " ".join(argv),
-            "config": {k: v for k, v in base.items()} | {"image_sizes": args.image_size, "frameworks": args.frameworks},
+            "config": base | {"image_sizes": args.image_size, "frameworks": args.frameworks,
+                              "env": ONE_THREAD if args.clock == "cpu" else {}},
             "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(), "python": platform.python_version(),
                         "platform": platform.platform(), "load_average_start": list(load_start),
                         "load_average_end": list(os.getloadavg())},
@@ -249,8 +259,9 @@ def measured_table(entry) -> str:
     a = entry["arithmetic"]
     rows = a["rows"]
     head = "| layer | FLOPs % | " + " | ".join(f"{_short(f)} ms fwd+bwd | GFLOP/s | % step" for f in fws) + " |"
+    clock = {"wall": "wall time", "cpu": "CPU time, one thread"}[_ok(entry)[0].get("clock", "wall")]
     lines = [f"### {entry['model']} at {entry['image_size']} px, batch {a['batch']}: measured, per layer "
-             f"(best of each framework's runs)", "", head, "|---|---:|" + "---:|---:|---:|" * len(fws)]
+             f"({clock}; the best of each framework's runs)", "", head, "|---|---:|" + "---:|---:|---:|" * len(fws)]
     for r in rows:
         cells = [r["layer"], f"{100 * r['flops_share']:.1f}"]
         for f in fws:
