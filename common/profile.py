@@ -360,7 +360,7 @@ def save_picture(path, result) -> None:
                  title=f"{e['model']} at {e['image_size']} px: where the work is")
         left.invert_yaxis()
         left.grid(axis="x", alpha=0.3)
-        left.legend(loc="upper right", fontsize=8)
+        left.legend(loc="best", fontsize=8)
         m = measured(e)
         fws = list(m)
         h = 0.8 / max(1, len(fws))
@@ -375,13 +375,14 @@ def save_picture(path, result) -> None:
             fastest = min(m[f]["sum_s"] for f in fws)
             right.scatter([1e3 * fastest * r["flops_share"] for r in rows], ys, marker="|", s=300, color="black",
                           zorder=3, label="if time followed FLOPs (their share of the fastest sum)")
-        right.set(yticks=ys, yticklabels=names, xlabel="ms per batch of "
+        clock = " (CPU time)" if fws and _ok(e)[0].get("clock") == "cpu" else ""
+        right.set(yticks=ys, yticklabels=names, xlabel=f"ms{clock} per batch of "
                   f"{e['arithmetic']['batch']}: forward (solid) + backward (light)",
                   title="where the time goes, per framework" if fws else "(not measured)")
         right.invert_yaxis()
         right.grid(axis="x", alpha=0.3)
         if fws:
-            right.legend(loc="lower right", fontsize=8)
+            right.legend(loc="best", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
