@@ -311,12 +311,12 @@ def resolution_table(result) -> str:
     if len(sizes) < 2:
         return ""
     fws = [f for f in result["config"]["frameworks"] if any(measured(e).get(f) for e in sizes)]
-    head = ["size", "train GFLOP / step", "activations MB"] + [f"{_short(f)} {x}" for f in fws for x in ("step ms", "memory")]
+    head = ["size", "parameters", "train GFLOP / step", "activations MB"] + [f"{_short(f)} {x}" for f in fws for x in ("step ms", "memory")]
     lines = [f"### Against resolution: {sizes[0]['model']}, batch {sizes[0]['arithmetic']['batch']}", "",
              "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for e in sizes:
         t, m = e["arithmetic"]["totals"], measured(e)
-        cells = [f"{e['image_size']}", f"{t['train_flops_per_example'] * e['arithmetic']['batch'] / 1e9:.1f}",
+        cells = [f"{e['image_size']}", f"{t['parameters']:,}", f"{t['train_flops_per_example'] * e['arithmetic']['batch'] / 1e9:.1f}",
                  f"{(t['activation_bytes'] + t['input_bytes']) / MB:,.0f}"]
         for f in fws:
             cells += [f"{1e3 * m[f]['step_s']:,.0f}", _mem(m[f]["memory"])] if f in m else ["", ""]
@@ -344,7 +344,7 @@ def save_picture(path, result) -> None:
     from matplotlib.figure import Figure
     sizes = result["sizes"]
     n = len(sizes[0]["arithmetic"]["rows"])
-    fig = Figure(figsize=(13, (1.2 + 0.32 * n) * len(sizes)))
+    fig = Figure(figsize=(13, (1.8 + 0.32 * n) * len(sizes)))
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(sizes), 2, squeeze=False, gridspec_kw={"width_ratios": [1, 1.5]})
     for (left, right), e in zip(axes, sizes):
@@ -360,7 +360,8 @@ def save_picture(path, result) -> None:
                  title=f"{e['model']} at {e['image_size']} px: where the work is")
         left.invert_yaxis()
         left.grid(axis="x", alpha=0.3)
-        left.legend(loc="best", fontsize=8)
+        left.set_xlim(0, 145 * max(r[k] for r in rows for k in ("flops_share", "activations_share", "parameters_share")))
+        left.legend(loc="upper right", fontsize=8)  # the room the limit leaves
         m = measured(e)
         fws = list(m)
         h = 0.8 / max(1, len(fws))
@@ -374,7 +375,7 @@ def save_picture(path, result) -> None:
         if fws:  # where the time would go if it followed the FLOPs
             fastest = min(m[f]["sum_s"] for f in fws)
             right.scatter([1e3 * fastest * r["flops_share"] for r in rows], ys, marker="|", s=300, color="black",
-                          zorder=3, label="if time followed FLOPs (their share of the fastest sum)")
+                          zorder=3, label="time in proportion to FLOPs (of the fastest sum)")
         clock = " (CPU time)" if fws and _ok(e)[0].get("clock") == "cpu" else ""
         right.set(yticks=ys, yticklabels=names, xlabel=f"ms{clock} per batch of "
                   f"{e['arithmetic']['batch']}: forward (solid) + backward (light)",
@@ -382,7 +383,7 @@ def save_picture(path, result) -> None:
         right.invert_yaxis()
         right.grid(axis="x", alpha=0.3)
         if fws:
-            right.legend(loc="best", fontsize=8)
+            right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
