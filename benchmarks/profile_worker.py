@@ -185,7 +185,8 @@ def flax_rows(model):
         elif name != "flatten":
             def dense(m, x, n=name):
                 layers = dict(m.layers())
-                return layers[n](layers["flatten"](x) if n == "fc1" else x)
+                flatten = layers.get("flatten", lambda v: v.reshape(v.shape[0], -1))
+                return layers[n](flatten(x) if n == "fc1" else x)
             rows.append((name, {(name,)}, dense))
     return rows
 

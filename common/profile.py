@@ -294,7 +294,7 @@ def gaps(entry, top: int = 3) -> list[str]:
     m = measured(entry)
     if len(m) < 2:
         return []
-    layers = [r["layer"] for r in entry["arithmetic"]["rows"]]
+    layers = [r["layer"] for r in entry["arithmetic"]["rows"] if all(r["layer"] in m[f]["layers"] for f in m)]
     best = {k: min(sum(m[f]["layers"][k]) for f in m) for k in layers}
     out = ["", "Where each framework loses time against the fastest at each layer (forward + backward, ms):"]
     for f in m:
@@ -390,6 +390,13 @@ def save_picture(path, result) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def _folder(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"--out: cannot create {path.parent} ({e.strerror}); pick a folder you can write to")
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -398,13 +405,18 @@ def main(argv=None):
             result = json.loads(Path(args.report).read_text())
         except (OSError, ValueError) as e:
             fail(f"--report {args.report}: cannot read it ({e}); give the JSON an earlier run wrote")
+        if not isinstance(result, dict) or result.get("profile") != "per-layer":
+            fail(f"--report {args.report} is not a JSON that python -m common.profile wrote")
         print(report(result))
-        args.png_path.parent.mkdir(parents=True, exist_ok=True)
+        _folder(args.png_path)
         save_picture(args.png_path, result)
         print(f"\nwrote {args.png_path}")
         return
-    args.json_path.parent.mkdir(parents=True, exist_ok=True)
-    result = profile(args, argv)
+    _folder(args.json_path)
+    try:
+        result = profile(args, argv)
+    except KeyboardInterrupt:
+        fail("interrupted; nothing was written")
     print(report(result))
     write_json(args.json_path, result)
     save_picture(args.png_path, result)

@@ -85,7 +85,9 @@ def test_arithmetic_only_prints_the_table(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [(["--image-size", "16"], "smallest size that works is 32"),
                                           (["--frameworks", "caffe"], "unknown caffe"),
-                                          (["--warmup", "1"], "at least 2")])
+                                          (["--warmup", "1"], "at least 2"),
+                                          (["--report", str(ROOT / "benchmarks" / "results" / "throughput.json")],
+                                           "not a JSON that python -m common.profile wrote")])
 def test_bad_flags_end_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--arithmetic-only", *argv])
