@@ -21,6 +21,7 @@ names of `common.profile.layer_costs`.
 Why here and not in vgg_X/: the three idioms sit side by side in one file, the step is timed by
 the throughput benchmark's runners (not copied), and the model and train files stay short.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -43,7 +44,7 @@ from .workers import Flax, Gluon, Torch, Unsupported, _rss_mb, timed  # noqa: E4
 def row_of(block: str | None, child: str) -> str:
     """The profile row a child module belongs to: `block1.conv1` (with bn1, relu1), `block1.pool`
     (with lrn), `fc1` (with flatten, relu1, dropout1)."""
-    kind, digits = child.rstrip("0123456789"), child[len(child.rstrip("0123456789")):]
+    kind, digits = child.rstrip("0123456789"), child[len(child.rstrip("0123456789")) :]
     if block:
         return f"{block}.{'pool' if kind in ('pool', 'lrn') else 'conv' + digits}"
     return "fc1" if child == "flatten" else f"fc{digits}"
@@ -62,6 +63,7 @@ def _best(samples):
 
 
 # ---------------------------------------------------------------------------- PyTorch
+
 
 def torch_layers(r, x, repeat, clock):
     torch = r.torch
@@ -103,9 +105,11 @@ def torch_layers(r, x, repeat, clock):
 
 # ---------------------------------------------------------------------------- MXNet Gluon
 
+
 def gluon_layers(r, xs, repeat, clock):
     mx = r.mx
     from mxnet import autograd
+
     net = r.b.net
     pairs = []
     for name, child in net._children.items():
@@ -150,6 +154,7 @@ def gluon_layers(r, xs, repeat, clock):
 
 # ---------------------------------------------------------------------------- Flax NNX
 
+
 def _identity(x):
     return x
 
@@ -160,6 +165,7 @@ def flax_rows(model):
     block's own code with its convolutions (and batch norms) set to the identity, so it times
     whatever pooling the block does (and the LRN of vgg11_lrn)."""
     from flax import nnx
+
     rows = []
     for name, layer in model.layers():
         if name.startswith("block"):
@@ -167,11 +173,13 @@ def flax_rows(model):
             while hasattr(layer, f"conv{len(convs) + 1}"):
                 convs.append(len(convs) + 1)
             for j in convs:
+
                 def conv(m, x, b=name, j=j):
                     blk = getattr(m, b)
                     x = getattr(blk, f"conv{j}")(x)
                     bn = getattr(blk, f"bn{j}", None)
                     return nnx.relu(x if bn is None else bn(x))
+
                 rows.append((f"{name}.conv{j}", {(name, f"conv{j}"), (name, f"bn{j}")}, conv))
 
             def pool(m, x, b=name, convs=convs):
@@ -181,12 +189,15 @@ def flax_rows(model):
                     if hasattr(blk, f"bn{j}"):
                         setattr(blk, f"bn{j}", _identity)
                 return blk(x)
+
             rows.append((f"{name}.pool", set(), pool))
         elif name != "flatten":
+
             def dense(m, x, n=name):
                 layers = dict(m.layers())
                 flatten = layers.get("flatten", lambda v: v.reshape(v.shape[0], -1))
                 return layers[n](flatten(x) if n == "fc1" else x)
+
             rows.append((name, {(name,)}, dense))
     return rows
 
@@ -195,14 +206,17 @@ def flax_layers(r, x_nchw, repeat, clock):
     import jax
     import jax.numpy as jnp
     from flax import nnx
+
     model = r.b.model
     x = jnp.transpose(x_nchw, (0, 2, 3, 1))  # NHWC inside, as vgg_flax.train_step
     out = []
     key = jax.random.key(0)
     for k, (name, owned, fn) in enumerate(flax_rows(model)):
+
         def mine(path, _, owned=owned):
             keys = tuple(str(p) for p in path)
-            return any(keys[:len(o)] == o for o in owned)
+            return any(keys[: len(o)] == o for o in owned)
+
         graphdef, own, rest = nnx.split(model, nnx.All(nnx.Param, mine), ...)
 
         def apply(own, rest, x, graphdef=graphdef, fn=fn):
@@ -211,13 +225,16 @@ def flax_layers(r, x_nchw, repeat, clock):
             return fn(nnx.merge(graphdef, own, jax.tree.map(lambda v: v, rest)), x)
 
         if k:
+
             @jax.jit
             def forward(own, rest, x, apply=apply):
                 return jax.vjp(lambda o, x: apply(o, rest, x), own, x)
         else:  # the first layer's input needs no gradient
+
             @jax.jit
             def forward(own, rest, x, apply=apply):
                 return jax.vjp(lambda o: apply(o, rest, x), own)
+
         backward = jax.jit(lambda vjp_fn, g: vjp_fn(g))
 
         fwd, bwd, grad = [], [], None
@@ -233,8 +250,14 @@ def flax_layers(r, x_nchw, repeat, clock):
             if i:
                 fwd.append(t1 - t0), bwd.append(t2 - t1)
         shape = list(y.shape)
-        out.append({"layer": name, "output_shape": shape[:1] + shape[-1:] + shape[1:-1] if len(shape) == 4 else shape,
-                    "forward": _best(fwd), "backward": _best(bwd)})
+        out.append(
+            {
+                "layer": name,
+                "output_shape": shape[:1] + shape[-1:] + shape[1:-1] if len(shape) == 4 else shape,
+                "forward": _best(fwd),
+                "backward": _best(bwd),
+            }
+        )
         x = y
     return out
 
@@ -269,13 +292,30 @@ def measure(cfg: dict) -> dict:
     rss_step, device = _rss_mb(), r.memory()
     t = time.perf_counter()
     rows = layers(r, xd, repeat, CLOCKS[cfg["clock"]])
-    return {"framework": cfg["framework"], "size": size, "status": "ok", "parameters": r.parameters,
-            "versions": r.versions, "threads": r.threads, "build_s": build_s,
-            "clock": cfg["clock"], "step": {"best_s": min(per_step), "samples_s": per_step,
-                                            "first_step_s": warm["first_step_s"], "warmup_s": warm["warmup_s"]},
-            "layers_s": time.perf_counter() - t, "layers": rows,
-            "memory": {"rss_after_build_mb": rss_built, "peak_rss_after_step_mb": rss_step,
-                       "peak_rss_mb": _rss_mb(), **device}}
+    return {
+        "framework": cfg["framework"],
+        "size": size,
+        "status": "ok",
+        "parameters": r.parameters,
+        "versions": r.versions,
+        "threads": r.threads,
+        "build_s": build_s,
+        "clock": cfg["clock"],
+        "step": {
+            "best_s": min(per_step),
+            "samples_s": per_step,
+            "first_step_s": warm["first_step_s"],
+            "warmup_s": warm["warmup_s"],
+        },
+        "layers_s": time.perf_counter() - t,
+        "layers": rows,
+        "memory": {
+            "rss_after_build_mb": rss_built,
+            "peak_rss_after_step_mb": rss_step,
+            "peak_rss_mb": _rss_mb(),
+            **device,
+        },
+    }
 
 
 def main(argv=None):
