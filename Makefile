@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: run test lint docs summary bench clean
+.PHONY: run test lint docs summary profile bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ run: $(VENV)/.installed
 
 summary: $(VENV)/.installed
 	$(PY) -m common.summary $(ARGS)
+
+# Where the time and the memory go, layer by layer, in the three frameworks (docs/profile.md):
+# VGG-11/4 at 96 px, batch 128 by default; the tables are printed, the JSON and PNG go to runs/profile/.
+# E.g. ARGS='--image-size 32 96 224' for the same profile against resolution.
+profile: $(VENV)/.installed
+	$(PY) -m common.profile $(ARGS)
 
 # Lint and format checks first (ruff, configured in pyproject.toml), then the suite.
 test: lint
