@@ -15,8 +15,8 @@ from common.arch import make_spec
 from common.profile import layer_costs, main
 
 # common.arch's oracle: expected_counts / expected_shapes, count_parameters / layer_shapes before
-expected_counts = getattr(arch, "expected_counts", None) or arch.count_parameters
-expected_shapes = getattr(arch, "expected_shapes", None) or arch.layer_shapes
+expected_counts = arch.expected_counts
+expected_shapes = arch.expected_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 VGG11_ROWS = [
