@@ -14,7 +14,6 @@ from common import arch
 from common.arch import make_spec
 from common.profile import layer_costs, main
 
-# common.arch's oracle: expected_counts / expected_shapes, count_parameters / layer_shapes before
 expected_counts = arch.expected_counts
 expected_shapes = arch.expected_shapes
 
