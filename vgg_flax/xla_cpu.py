@@ -1,0 +1,148 @@
+"""XLA:CPU workarounds for the Flax VGG: the function of `vgg_flax.model`, computed in ways that
+jaxlib's CPU backend runs faster. They change no parameter and no value beyond float32 rounding;
+tests/test_flax_cpu.py checks logits, every gradient and an SGD step with and without them.
+
+`apply(model, platform=...)` installs them on a built model, through the layers' own hooks
+(`nnx.Conv.conv_general_dilated`, `nnx.Linear.dot_general`) and each block's `pool`; nothing in the
+model's state changes, so checkpoints and weight files are the same either way. The train and
+evaluate commands and `benchmarks.throughput` call it when the model runs on a CPU, unless given
+`--no-cpu-workarounds`, which exists so that anyone can measure what they buy. On a GPU or TPU
+it installs nothing: XLA's GPU kernels have none of these slow paths.
+
+Each workaround names the measurement behind it: `python -m benchmarks.conv` (one layer) and
+`python -m benchmarks.throughput --frameworks flax [--no-cpu-workarounds]` (the training step);
+the figures are in benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+# ---------------------------------------------------------------- the 2x2 max-pool
+# Why: XLA:CPU differentiates nnx.max_pool's reduce_window through a select_and_scatter ~9x slower
+# than a reshape + max (2.5 against 23 ms for block 1's output at 32 px; throughput: 32 px 376 -> 740
+# examples/s together with the two below).
+
+@jax.custom_vjp
+def _window_max(x6):
+    """(n, h, 2, w, 2, c) -> (n, h, w, c): the maximum of each 2x2 window."""
+    return x6.max(axis=(2, 4))
+
+
+def _window_max_fwd(x6):
+    y = x6.max(axis=(2, 4))
+    return y, (x6, y)
+
+
+def _window_max_bwd(residuals, g):
+    """The gradient reduce_window's gives: all of it to the first maximum of each window, in row-major
+    order (select_and_scatter with `>=`). jnp.max's own rule would split it evenly among tied maxima,
+    which differs where a window holds equal values (a flat region of an image, a saturated unit)."""
+    x6, y = residuals
+    hit = x6 == y[:, :, None, :, None]
+    a, b, c, d = hit[:, :, 0, :, 0], hit[:, :, 0, :, 1], hit[:, :, 1, :, 0], hit[:, :, 1, :, 1]
+    b, c, d = b & ~a, c & ~(a | b), d & ~(a | b | c)
+    first = jnp.stack([jnp.stack([a, b], axis=3), jnp.stack([c, d], axis=3)], axis=2)
+    return (jnp.where(first, g[:, :, None, :, None], jnp.zeros((), g.dtype)),)
+
+
+_window_max.defvjp(_window_max_fwd, _window_max_bwd)
+
+
+def max_pool_2x2(x):
+    """nnx.max_pool(x, (2, 2), strides=(2, 2)) as a reshape and a max: the same values and gradients."""
+    n, h, w, c = x.shape
+    h, w = h // 2, w // 2
+    return _window_max(x[:, :2 * h, :2 * w].reshape(n, h, 2, w, 2, c))
+
+
+# ---------------------------------------------------------------- the dense layers' backward pass
+# Why: autodiff computes dx = g @ kernel.T, and XLA:CPU lowers that by first copying the whole kernel
+# transposed, with a loop that takes ~5x as long as the matmul itself (a 4096x4096 kernel: 150 ms
+# against 21 ms; ~55 % of a VGG-11/4 training step at 32 px).
+
+@jax.custom_vjp
+def dense_dot(x, kernel):
+    """`x @ kernel`, with dx computed as (kernel @ g.T).T: it transposes only the small g and the
+    result; the optimisation barrier stops XLA's simplifier from rewriting it back. The same sums."""
+    return x @ kernel
+
+
+def _dense_dot_fwd(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _dense_dot_bwd(residuals, g):
+    x, kernel = residuals
+    return jax.lax.optimization_barrier(kernel @ g.T).T, x.T @ g
+
+
+dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
+    """nnx.Linear's `dot_general` hook: a 2-D batch goes to dense_dot, anything else to lax.dot_general."""
+    if lhs.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ())) and precision is None and not kwargs:
+        return dense_dot(lhs, rhs)
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
+
+
+# ---------------------------------------------------------------- 3x3 convolutions on tiny maps
+# Why: XLA:CPU runs a 3x3 'same' convolution whose output is at most 2x2 (block 5 at 32 px) ~9x slower
+# than the same layer at 4x4, four times the work (18 against 2.8 ms for 128 channels, batch 128).
+
+def _im2col(lhs, rhs, same):
+    """The convolution as the matmul it is: the kh x kw neighbourhoods side by side, times the kernel."""
+    n, h, w, c = lhs.shape
+    kh, kw, _, out = rhs.shape
+    x = jnp.pad(lhs, ((0, 0), *same, (0, 0)))
+    cols = jnp.concatenate([x[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)], axis=-1)
+    return cols @ rhs.reshape(kh * kw * c, out)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs):
+    """nnx.Conv's `conv_general_dilated` hook: lax.conv_general_dilated, except for a stride-1 'same'
+    convolution (NHWC, HWIO, no dilation or groups) whose output is at most 2x2, which goes to _im2col."""
+    n, h, w, c = lhs.shape
+    kh, kw, _, out = rhs.shape
+    plain = (tuple(window_strides) == (1, 1) and kwargs.get("feature_group_count", 1) == 1
+             and kwargs.get("precision") is None and "preferred_element_type" not in kwargs
+             and all(tuple(kwargs.get(k) or (1, 1)) == (1, 1) for k in ("lhs_dilation", "rhs_dilation"))
+             and kwargs.get("dimension_numbers") is not None
+             and tuple(kwargs["dimension_numbers"].lhs_spec) == (0, 3, 1, 2)  # NHWC
+             and tuple(kwargs["dimension_numbers"].rhs_spec) == (3, 2, 0, 1))  # HWIO
+    same = [((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)]  # 'SAME' at stride 1
+    if plain and h * w <= 4 and (padding == "SAME" or [tuple(p) for p in padding] == same):
+        return _im2col(lhs, rhs, same)
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+
+
+# ---------------------------------------------------------------- the switch
+
+def apply(model: nnx.Module, *, platform: str) -> bool:
+    """Install the workarounds on every nnx.Conv, nnx.Linear and 2x2 max-pool of `model` when
+    `platform` (a jax.Device's) is 'cpu'; elsewhere leave the model as it is. Returns whether it
+    installed them. Only the layers' functions change, not their parameters."""
+    if platform != "cpu":
+        return False
+    for _, m in model.iter_modules():
+        if isinstance(m, nnx.Conv):
+            m.conv_general_dilated = conv_general_dilated
+        elif isinstance(m, nnx.Linear):
+            m.dot_general = dot_general
+        if _is_max_pool_2x2(getattr(m, "pool", None)):
+            m.pool = max_pool_2x2
+    return True
+
+
+def installed(model: nnx.Module) -> bool:
+    """Whether `apply` has installed the workarounds on this model."""
+    return any(getattr(m, "conv_general_dilated", None) is conv_general_dilated for _, m in model.iter_modules())
+
+
+def _is_max_pool_2x2(f) -> bool:
+    return (getattr(f, "func", None) is nnx.max_pool and not f.args
+            and {k: tuple(v) if isinstance(v, list) else v for k, v in f.keywords.items()}
+            in ({"window_shape": (2, 2), "strides": (2, 2)}, {"window_shape": (2, 2), "strides": (2, 2), "padding": "VALID"}))
