@@ -15,9 +15,15 @@ the figures are in benchmarks/README.md.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+ONE_CHANNEL = True
+IN_FLOAT32 = True
+KERNEL_GRAD_SLICE = 32
 
 
 # ---------------------------------------------------------------- the 2x2 max-pool
@@ -82,8 +88,8 @@ def _dense_dot_bwd(residuals, g):
 dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
 
 
-def dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
-    """nnx.Linear's `dot_general` hook: a 2-D batch goes to dense_dot, anything else to lax.dot_general."""
+def _dot(lhs, rhs, dimension_numbers, precision=None, **kwargs):
+    """A 2-D batch times a kernel goes to dense_dot, anything else to lax.dot_general."""
     if lhs.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ())) and precision is None and not kwargs:
         return dense_dot(lhs, rhs)
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
@@ -102,9 +108,67 @@ def _im2col(lhs, rhs, same):
     return cols @ rhs.reshape(kh * kw * c, out)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs):
-    """nnx.Conv's `conv_general_dilated` hook: lax.conv_general_dilated, except for a stride-1 'same'
-    convolution (NHWC, HWIO, no dilation or groups) whose output is at most 2x2, which goes to _im2col."""
+# ---------------------------------------------------------------- the kernel's gradient, batch by parts
+# Why: XLA:CPU computes a convolution's kernel gradient faster as the sum of its parts over slices of
+# 32 images than over the whole batch of 128 at once, which overflows the caches (one thread, batch
+# 128, 48 px 16 -> 32 channels: 90 against 75 ms; 24 px 64 -> 64: 118 against 77 ms); the input's
+# gradient and the forward pass are not (they get slower), so they stay whole.
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_split_kernel_grad(lhs, rhs, padding, dn):
+    return jax.lax.conv_general_dilated(lhs, rhs, (1, 1), padding, dimension_numbers=dn)
+
+
+def _conv_split_kernel_grad_fwd(lhs, rhs, padding, dn):
+    return _conv_split_kernel_grad(lhs, rhs, padding, dn), (lhs, rhs)
+
+
+def _conv_split_kernel_grad_bwd(padding, dn, residuals, g):
+    return _conv_grads(*residuals, g, padding, dn)
+
+
+def _conv_grads(lhs, rhs, g, padding, dn):
+    """(input gradient, kernel gradient) of a stride-1 convolution; the second summed over slices of the batch."""
+    conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=dn)
+    dx = jax.vjp(lambda x: conv(x, rhs), lhs)[1](g)[0]
+    n, step = lhs.shape[0], KERNEL_GRAD_SLICE or lhs.shape[0]
+    dw = sum(jax.vjp(lambda k: conv(lhs[i:i + step], k), rhs)[1](g[i:i + step])[0] for i in range(0, n, step))
+    return dx, dw
+
+
+_conv_split_kernel_grad.defvjp(_conv_split_kernel_grad_fwd, _conv_split_kernel_grad_bwd)
+
+
+# ---------------------------------------------------------------- 3x3 convolutions of one input channel
+# Why: XLA:CPU's convolution of a one-channel image (block 1 on Fashion-MNIST) takes ~2.7x as long as
+# the nine scaled copies of the image that it sums (one thread, 96 px, batch 128: 100 against 37 ms);
+# its gradient for the kernel stays XLA's own convolution, which the sum would make slower.
+
+@jax.custom_vjp
+def _conv_one_channel(lhs, rhs):
+    """lhs (n, h, w, 1) already padded for 'same', rhs (kh, kw, 1, out): the sum of kh x kw shifted,
+    scaled copies of the image, one fused elementwise loop."""
+    kh, kw, _, out = rhs.shape
+    h, w = lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
+    return sum(lhs[:, i:i + h, j:j + w] * rhs[i, j] for i in range(kh) for j in range(kw))
+
+
+def _conv_one_channel_fwd(lhs, rhs):
+    return _conv_one_channel(lhs, rhs), (lhs, rhs)
+
+
+def _conv_one_channel_bwd(residuals, g):
+    lhs, rhs = residuals
+    return _conv_grads(lhs, rhs, g, "VALID", jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
+
+
+_conv_one_channel.defvjp(_conv_one_channel_fwd, _conv_one_channel_bwd)
+
+
+def _conv(lhs, rhs, window_strides, padding, **kwargs):
+    """lax.conv_general_dilated, except for a stride-1 'same'
+    convolution (NHWC, HWIO, no dilation or groups) whose output is at most 2x2, which goes to _im2col,
+    or whose input has one channel, which goes to _conv_one_channel."""
     n, h, w, c = lhs.shape
     kh, kw, _, out = rhs.shape
     plain = (tuple(window_strides) == (1, 1) and kwargs.get("feature_group_count", 1) == 1
@@ -114,9 +178,36 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs):
              and tuple(kwargs["dimension_numbers"].lhs_spec) == (0, 3, 1, 2)  # NHWC
              and tuple(kwargs["dimension_numbers"].rhs_spec) == (3, 2, 0, 1))  # HWIO
     same = [((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)]  # 'SAME' at stride 1
-    if plain and h * w <= 4 and (padding == "SAME" or [tuple(p) for p in padding] == same):
-        return _im2col(lhs, rhs, same)
+    if plain and (padding == "SAME" or [tuple(p) for p in padding] == same):
+        if h * w <= 4:
+            return _im2col(lhs, rhs, same)
+        if c == 1 and ONE_CHANNEL:
+            return _conv_one_channel(jnp.pad(lhs, ((0, 0), *same, (0, 0))), rhs)
+        if KERNEL_GRAD_SLICE and n > KERNEL_GRAD_SLICE:
+            return _conv_split_kernel_grad(lhs, rhs, tuple(map(tuple, same)), kwargs["dimension_numbers"])
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+
+
+# ---------------------------------------------------------------- bfloat16 products in float32
+# Why: XLA:CPU has no bfloat16 matrix-multiply or convolution kernel of its own speed: it widens to
+# float32 inside, slower than float32 itself (one thread, fc2's 128 x 4096 x 4096 product: 53 against
+# 87 GFLOP/s). Widening the operands first (exact) and rounding the result to bfloat16 gives the
+# float32 kernels; the products and sums are float32 either way.
+
+def _in_float32(op, lhs, rhs, *args, **kwargs):
+    if IN_FLOAT32 and lhs.dtype == rhs.dtype == jnp.bfloat16 and "preferred_element_type" not in kwargs:
+        return op(lhs.astype(jnp.float32), rhs.astype(jnp.float32), *args, **kwargs).astype(jnp.bfloat16)
+    return op(lhs, rhs, *args, **kwargs)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs):
+    """nnx.Conv's hook: _conv, with bfloat16 operands computed in float32."""
+    return _in_float32(_conv, lhs, rhs, window_strides, padding, **kwargs)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
+    """nnx.Linear's hook: _dot, with bfloat16 operands computed in float32."""
+    return _in_float32(_dot, lhs, rhs, dimension_numbers, precision, **kwargs)
 
 
 # ---------------------------------------------------------------- the switch
