@@ -143,9 +143,9 @@ def add_cpu_workarounds_arg(p) -> None:
     """--no-cpu-workarounds, for the train and evaluate commands (and, under its own name, the benchmark)."""
     p.add_argument("--no-cpu-workarounds", dest="cpu_workarounds", action="store_false",
                    help="Flax on a CPU: leave out vgg_flax.xla_cpu, the rewrites of the max-pool, the dense layers' "
-                        "backward pass and 3x3 convolutions on tiny maps that XLA:CPU runs faster (the same values; "
-                        "never used on a GPU or TPU). It exists so that anyone can measure what they buy. PyTorch "
-                        "and Gluon need none, so they accept and ignore it")
+                        "backward pass, some 3x3 convolutions and bfloat16 products that XLA:CPU runs faster (the "
+                        "same values; never used on a GPU or TPU). It exists so that anyone can measure what they "
+                        "buy. PyTorch and Gluon need none, so they accept and ignore it")
 
 
 def train_parser(prog: str, description: str) -> argparse.ArgumentParser:

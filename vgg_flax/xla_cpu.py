@@ -9,9 +9,11 @@ evaluate commands and `benchmarks.throughput` call it when the model runs on a C
 `--no-cpu-workarounds`, which exists so that anyone can measure what they buy. On a GPU or TPU
 it installs nothing: XLA's GPU kernels have none of these slow paths.
 
-Each workaround names the measurement behind it: `python -m benchmarks.conv` (one layer) and
-`python -m benchmarks.throughput --frameworks flax [--no-cpu-workarounds]` (the training step);
-the figures are in benchmarks/README.md.
+Each workaround names the measurement behind it: `python -m benchmarks.conv` (one layer),
+`python -m benchmarks.throughput --frameworks flax [--no-cpu-workarounds]` (the training step) and
+`python -m benchmarks.cpu_time --flax-variant default NAME=VALUE` (the step's CPU time with one of
+the switches below changed); the figures, and what was tried and not kept, are in
+benchmarks/README.md ("Flax on a CPU"). The module-level switches exist for those measurements.
 """
 from __future__ import annotations
 
@@ -21,9 +23,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-ONE_CHANNEL = True
-IN_FLOAT32 = True
-KERNEL_GRAD_SLICE = 32
+ONE_CHANNEL = True  # block 1's one-channel convolution as nine scaled copies
+IN_FLOAT32 = True  # bfloat16 matmuls and convolutions computed in float32
+KERNEL_GRAD_SLICE = 32  # kernel gradients summed over slices of this many images (0: the whole batch)
 
 
 # ---------------------------------------------------------------- the 2x2 max-pool
@@ -166,9 +168,9 @@ _conv_one_channel.defvjp(_conv_one_channel_fwd, _conv_one_channel_bwd)
 
 
 def _conv(lhs, rhs, window_strides, padding, **kwargs):
-    """lax.conv_general_dilated, except for a stride-1 'same'
-    convolution (NHWC, HWIO, no dilation or groups) whose output is at most 2x2, which goes to _im2col,
-    or whose input has one channel, which goes to _conv_one_channel."""
+    """lax.conv_general_dilated; for a stride-1 'same' convolution (NHWC, HWIO, no dilation or groups):
+    _im2col when its output is at most 2x2, _conv_one_channel when its input has one channel, else
+    _conv_split_kernel_grad."""
     n, h, w, c = lhs.shape
     kh, kw, _, out = rhs.shape
     plain = (tuple(window_strides) == (1, 1) and kwargs.get("feature_group_count", 1) == 1
