@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from common.arch import ArchError, flops_per_example, make_spec, parse_arch
-from common.cli import fail
+from common.cli import add_cpu_workarounds_arg, fail
 from common.data import SAMPLE_DIR, DataError, load_fashion_mnist
 from common.training import write_json
 
@@ -77,6 +77,7 @@ def parse_args(argv=None):
     g.add_argument("--flax-donate", action="store_true", help="Flax: donate the model and optimiser state to the jitted step")
     g.add_argument("--flax-place-state", action="store_true",
                    help="Flax: device_put the model and optimiser state on the device before the first step")
+    add_cpu_workarounds_arg(g)
     g.add_argument("--env", action="append", default=[], metavar="[FRAMEWORK:]KEY=VALUE",
                    help="environment for the workers (all, or one framework's), e.g. "
                         "--env vgg_flax:XLA_FLAGS=--xla_cpu_use_thunk_runtime=false; repeatable")
@@ -263,7 +264,7 @@ def main(argv=None):
             "matmul_sizes": args.matmul_sizes, "matmul_repeats": args.matmul_repeats,
             "torch_memory_format": args.torch_memory_format, "torch_compile": args.torch_compile,
             "gluon_hybridize": args.gluon_hybridize, "flax_donate": args.flax_donate,
-            "flax_place_state": args.flax_place_state}
+            "flax_place_state": args.flax_place_state, "cpu_workarounds": args.cpu_workarounds}
     started = time.time()
 
     def measure_matmul():

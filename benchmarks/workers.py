@@ -45,7 +45,8 @@ def _train_args(cfg, size, compile=False):
     arch = cfg["arch"] if isinstance(cfg["arch"], str) else repr(tuple(map(tuple, cfg["arch"])))
     return parse_train_args([f"--arch={arch}", f"--width-ratio={cfg['width_ratio']}", f"--resize={size}",
                              f"--batch-size={cfg['batch_size']}", f"--device={cfg['device']}", "--optimizer=sgd",
-                             "--lr=0.05", "--momentum=0", "--no-progress"] + (["--compile"] if compile else []))
+                             "--lr=0.05", "--momentum=0", "--no-progress"] + (["--compile"] if compile else [])
+                            + ([] if cfg.get("cpu_workarounds", True) else ["--no-cpu-workarounds"]))
 
 
 def _no_gpu(framework):

@@ -160,9 +160,19 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true",
                    help="PyTorch: torch.compile the model. Gluon always hybridizes and Flax always jits, so "
                         "they accept and ignore it")
+    add_cpu_workarounds_arg(g)
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when stderr is a terminal)")
     return p
+
+
+def add_cpu_workarounds_arg(p) -> None:
+    """--no-cpu-workarounds, for the train and evaluate commands (and, under its own name, the benchmark)."""
+    p.add_argument("--no-cpu-workarounds", dest="cpu_workarounds", action="store_false",
+                   help="Flax on a CPU: leave out vgg_flax.xla_cpu, the rewrites of the max-pool, the dense layers' "
+                        "backward pass, some 3x3 convolutions and bfloat16 products that XLA:CPU runs faster (the "
+                        "same values; never used on a GPU or TPU). It exists so that anyone can measure what they "
+                        "buy. PyTorch and Gluon need none, so they accept and ignore it")
 
 
 def train_parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -2,15 +2,16 @@
 accuracy of canonical weights (common.weights), whichever framework wrote them.
 
 The flags, the checks and the report are defined once here; each framework's evaluate.py
-supplies `load_model(spec, tensors, device)` and `predict(net, x, device)`: the predicted
-classes of one NCHW NumPy batch, as a NumPy array.
+supplies `load_model(spec, tensors, device, cpu_workarounds=...)` (the last for Flax's
+vgg_flax.xla_cpu; the other two ignore it) and `predict(net, x, device)`: the predicted classes of
+one NCHW NumPy batch, as a NumPy array.
 No framework is imported here.
 """
 from __future__ import annotations
 
 import argparse
 
-from .cli import fail
+from .cli import add_cpu_workarounds_arg, fail
 from .data import DataError, Loader, load_fashion_mnist
 from .weights import WeightsError, read_spec
 
@@ -32,6 +33,7 @@ def evaluate_main(prog: str, argv, *, framework: str, pick_device, load_model, p
                                       "the cache, a download, else the bundled sample)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: the GPU when one is visible")
+    add_cpu_workarounds_arg(p)
     args = p.parse_args(argv)
     if args.batch_size < 1:
         fail(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -48,7 +50,7 @@ def evaluate_main(prog: str, argv, *, framework: str, pick_device, load_model, p
     except DataError as e:
         fail(str(e))
     device = pick_device(args.device)
-    net = load_model(spec, tensors, device)
+    net = load_model(spec, tensors, device, cpu_workarounds=args.cpu_workarounds)
     # the file says how its model saw images in training; the default is the loader's 0-1 scale
     normalize = metadata.get("normalize", "false").lower() in ("true", "1")
     loader = Loader(data.test_images, data.test_labels, batch_size=args.batch_size, resize=h, shuffle=False,

@@ -103,7 +103,7 @@ API_TABLE = (
     ("Activation", "nn.ReLU(inplace=True); F.relu(x)",
      "nn.Conv2D(out_channels, 3, activation='relu'); nn.Activation('relu')", "nnx.relu(x)"),
     ("Max-pool 2x2", "nn.MaxPool2d(kernel_size=2, stride=2)", "nn.MaxPool2D(pool_size=2, strides=2)",
-     "nnx.max_pool(x, (2, 2), strides=(2, 2))  # the model: reshape + max, faster on XLA:CPU"),
+     "nnx.max_pool(x, (2, 2), strides=(2, 2))  # on a CPU, vgg_flax.xla_cpu: reshape + max"),
     ("Batch norm", "nn.BatchNorm2d(channels)  # momentum=0.1: weight of the new batch",
      "nn.BatchNorm(in_channels=channels)  # momentum=0.9: weight of the old value",
      "nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs)  # default momentum 0.99"),

@@ -14,6 +14,7 @@ from flax import nnx
 
 from common.cli import fail
 from common.evaluate import evaluate_main
+from vgg_flax import xla_cpu
 from vgg_flax.model import vgg
 from vgg_flax.weights import from_canonical
 
@@ -25,10 +26,12 @@ def pick_device(requested: str):
     return gpus[0] if requested != "cpu" and gpus else jax.devices("cpu")[0]
 
 
-def load_model(spec, tensors, device):
+def load_model(spec, tensors, device, cpu_workarounds=True):
     jax.config.update("jax_default_matmul_precision", "float32")  # no TF32 on GPUs: float32 as the other two
     with jax.default_device(device):
         model = from_canonical(vgg(spec), tensors)
+    if cpu_workarounds:
+        xla_cpu.apply(model, platform=device.platform)
     model.eval()
     return model
 

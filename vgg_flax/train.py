@@ -27,6 +27,7 @@ from common.cli import parse_train_args, spec_kwargs
 from common.errors import CheckpointError, reason
 from vgg_flax import parallel
 from vgg_flax import weights
+from vgg_flax import xla_cpu
 from vgg_flax.model import count_parameters, vgg
 
 
@@ -146,6 +147,8 @@ class Backend:
         self.threads = f"XLA_FLAGS={os.environ.get('XLA_FLAGS', 'unset (all cores)')}"
         self.model = vgg(args.arch, init=args.init, rngs=nnx.Rngs(params=args.seed, dropout=args.seed),
                          **spec_kwargs(args, args.resize))
+        if args.cpu_workarounds:  # on a CPU only (docs in vgg_flax/xla_cpu.py)
+            xla_cpu.apply(self.model, platform=self.dev.platform)
         self.parameters = count_parameters(self.model)[0]
         self.optimizer = make_optimizer(self.model, args)
         parallel.prepare(self.dp, self.model, self.optimizer)  # replicated on every device of the mesh

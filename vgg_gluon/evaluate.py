@@ -22,7 +22,8 @@ def pick_device(requested: str) -> mx.Context:
     return mx.gpu(0) if requested != "cpu" and gpus else mx.cpu()
 
 
-def load_model(spec, tensors, device):
+def load_model(spec, tensors, device, cpu_workarounds=True):
+    # cpu_workarounds: Flax's (vgg_flax.xla_cpu); oneDNN needs none
     net = from_canonical(vgg(spec), tensors, ctx=device)
     net.hybridize(static_alloc=True)
     return net

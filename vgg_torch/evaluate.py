@@ -21,7 +21,8 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cuda" if requested != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def load_model(spec, tensors, device) -> torch.nn.Module:
+def load_model(spec, tensors, device, cpu_workarounds=True) -> torch.nn.Module:
+    # cpu_workarounds: Flax's (vgg_flax.xla_cpu); oneDNN needs none
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # float32 as the other two
     return from_canonical(vgg(spec).to(device), tensors).eval()
 
