@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from .arch import ArchError, make_spec, parse_arch, valid_names
+from .data import DataError
+from .training import RunError
+from .weights import WeightsError
+
+# What the library raises for a user's mistake or circumstance; main_guard turns it into one line.
+EXPECTED = (ArchError, DataError, WeightsError, RunError)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -28,6 +35,19 @@ def fail(msg: str, code: int = 2):
     """Expected errors end with a message, not a traceback."""
     print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def main_guard():
+    """The command line's edge: the library's expected errors (EXPECTED) end as `error: message`
+    on stderr and their exit code (2; RunError kinds carry their own: 1 diverged, 130
+    interrupted), Ctrl-C as exit code 130; anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except EXPECTED as e:
+        fail(str(e), code=getattr(e, "code", 2))
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
 
 
 def model_main(prog, argv, *, build, summary, count):
@@ -130,6 +150,9 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="stop each epoch after this many batches (smoke runs); evaluation still sees the whole test set")
     g.add_argument("--out", help="folder for metrics.json, the plot, model.safetensors and the checkpoint (default runs/<framework>)")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds another run's checkpoint (refused without it); that "
+                        "checkpoint stays until this run's first one replaces it")
     g.add_argument("--compile", action="store_true",
                    help="PyTorch: torch.compile the model. Gluon always hybridizes and Flax always jits, so "
                         "they accept and ignore it")
@@ -175,6 +198,8 @@ def check_train_args(args) -> None:
     if args.devices and args.batch_size % args.devices:
         fail(f"--batch-size {args.batch_size} is the global batch and must split evenly over --devices "
              f"{args.devices}; use a multiple of {args.devices}")
+    if args.resume and args.overwrite:
+        fail("--resume continues the run in --out and --overwrite replaces it: give one or the other")
     if args.optimizer == "adam" and args.momentum:
         fail("--momentum applies to --optimizer sgd only (Adam has its own betas)")
     try:

@@ -96,7 +96,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fw, tmp_path, capsys):
     train(fw, tmp_path, *TINY, "--lr", "0.01", "--epochs", "1")
     good = checkpoint_arrays(fw, tmp_path / "checkpoint-epoch1")
     with pytest.raises(SystemExit) as e:  # a fresh run into the same folder, with an absurd learning rate
-        train(fw, tmp_path, *TINY, "--lr", "1e6", "--epochs", "2")
+        train(fw, tmp_path, *TINY, "--lr", "1e6", "--epochs", "2", "--overwrite")
     err = capsys.readouterr().err
     assert e.value.code == 1 and "Lower the learning rate" in err and "Traceback" not in err, err
     m = json.loads((tmp_path / "metrics.json").read_text())
