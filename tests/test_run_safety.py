@@ -210,3 +210,17 @@ def test_read_only_out_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "statvfs", lambda p: type("V", (), {"f_flag": real(p).f_flag | os.ST_RDONLY})())
     with pytest.raises(training.RunError, match="is on a read-only file system"):
         training.check_out(tmp_path)
+
+
+# ---------------------------------------------------------------------------- SIGKILL, then --resume
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_killed_runs_resume_to_the_same_weights(fw, tmp_path):
+    """Two SIGKILLs (one at a random moment, one just after an epoch's line, in the checkpoint's
+    writes); each run resumed ends with the uninterrupted run's model.safetensors, bit for bit.
+    The long version: python -m benchmarks.kill_resume --tries 10."""
+    from benchmarks import kill_resume
+    report = kill_resume.run([fw], tries=2, steps=4, folder=tmp_path, log=lambda *a: None)
+    rows = report["frameworks"][fw]["tries"]
+    assert all(r["ok"] for r in rows), rows
