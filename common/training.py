@@ -358,9 +358,9 @@ class Run:
         return "trained weights, model.safetensors" if self.model_path.exists() else None
 
     def checkpoints(self):
-        """(the checkpoints --resume may continue from, best first; a problem to report or None):
-        the one checkpoint.json points to, then the one before it. Without a readable
-        checkpoint.json, every checkpoint-epochN folder, newest first."""
+        """(the checkpoints --resume may continue from, best first; a problem to report or None;
+        the run they belong to or None): the one checkpoint.json points to, then the one before
+        it. Without a readable checkpoint.json, every checkpoint-epochN folder, newest first."""
         try:
             p = json.loads(self.pointer.read_text())
             found = [(p["epoch"], self.out / p["folder"])]
@@ -549,8 +549,10 @@ def _start(config: TrainConfig, make_backend, files: Run) -> _Started:
     the backend, the lock, the checkpoint, the header lines and the loaders."""
     framework = make_backend.framework
     check_out(files.out)
-    # read-only checks first, to fail before the slow part; repeated under the lock below
-    _resume(files, config, framework) if config.resume else files.check_fresh(config.overwrite)
+    if config.resume:  # read-only checks first, to fail before the slow part; repeated under the lock below
+        _resume(files, config, framework)
+    else:
+        files.check_fresh(config.overwrite)
     files.where = "start-up (reading the data)"
     data = load_fashion_mnist(config.data_dir, progress=config.progress is not False)
     if len(data.train_images) < config.batch_size:
