@@ -410,7 +410,7 @@ class Run:
         try:
             backend.save_checkpoint(tmp, epoch)
             os.chmod(tmp, 0o777 & ~_umask())
-            shutil.rmtree(final, ignore_errors=True)  # never pointed to by this run: a killed attempt's, or --overwrite's
+            shutil.rmtree(final, ignore_errors=True)  # not pointed to by this run: a killed try's, or --overwrite's
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

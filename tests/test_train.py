@@ -127,6 +127,22 @@ def test_compare_reports_a_failing_framework(tmp_path, monkeypatch):
     assert "| broken | - |" in compare.table([row]) and "failed (exit 1)" in compare.table([row])
 
 
+def test_compare_redoes_its_own_runs(tmp_path, monkeypatch):
+    """A second comparison into the same --out redoes the three runs there (a fresh run would
+    otherwise be refused by the first one's checkpoint); with --resume it continues them."""
+    calls = []
+
+    def fake(framework, argv, out):
+        calls.append(argv)
+        return {"framework": framework, "status": "finished", "seconds": 0.0, "command": ""}
+
+    monkeypatch.setattr(compare, "run_one", fake)
+    compare.main([*TINY, "--lr", "0.01", "--out", str(tmp_path)])
+    compare.main([*TINY, "--lr", "0.01", "--out", str(tmp_path), "--resume"])
+    assert [a.count("--overwrite") for a in calls] == [1, 1, 1, 0, 0, 0]
+    assert [a.count("--resume") for a in calls] == [0, 0, 0, 1, 1, 1]
+
+
 def reference_update(optimizer, w, grads, lr, momentum=0.9, b1=0.9, b2=0.999, eps=1e-8):
     """The update each make_optimizer must give, written from torch's documentation in NumPy (float64)."""
     w, m, v = w.astype(np.float64), 0.0, 0.0
