@@ -134,7 +134,8 @@ def test_compare_redoes_its_own_runs(tmp_path, monkeypatch):
 
     def fake(framework, argv, out):
         calls.append(argv)
-        return {"framework": framework, "status": "finished", "seconds": 0.0, "command": ""}
+        return {"framework": framework, "status": "finished", "seconds": 0.0, "command": "",
+                "curve": [{"epoch": 1, "loss": 1.0, "train_acc": 0.5}], "epochs": [{"epoch": 1, "test_acc": 0.5}]}
 
     monkeypatch.setattr(compare, "run_one", fake)
     compare.main([*TINY, "--lr", "0.01", "--out", str(tmp_path)])
