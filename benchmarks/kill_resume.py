@@ -4,10 +4,10 @@ finished run's model.safetensors must equal an uninterrupted run's, tensor for t
     python -m benchmarks.kill_resume --tries 10                      # the three frameworks
     python -m benchmarks.kill_resume --tries 2 --frameworks torch    # what tests/test_run_safety.py runs
 
-Half the kills fall at a uniform moment of the whole run (start-up included); the other half just
-after an epoch's line is printed, when the run writes metrics.json, the checkpoint and the weights,
-so that some land in the middle of those writes. What each kill left behind (a temp folder or temp
-file, which checkpoint was pointed to) is recorded with it. Small model: VGG-11/8 at 32 px, 2
+Half the kills fall at a uniform moment of the whole run (start-up included); the others in the
+middle of a checkpoint's writes: 0-50 ms after its temp folder, or the weights' temp file, appears
+(watched from outside, every millisecond; no hook in the code). What each kill left behind (temp
+files, the checkpoint pointed to, the epochs metrics.json records) is recorded with it. Small model: VGG-11/8 at 32 px, 2
 epochs of --max-steps steps, the bundled sample. Writes a JSON report (--report).
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("torch", "gluon", "flax")
+MODES = ("uniform", "checkpoint", "uniform", "weights")  # where the kills fall, in turn
 
 
 def flags(steps: int) -> list[str]:
@@ -47,6 +48,14 @@ def finish(p: subprocess.Popen, what: str) -> str:
     if p.returncode != 0 or "Traceback" in err:
         raise AssertionError(f"{what}: exit code {p.returncode}\n{err[-3000:]}")
     return out
+
+
+def pointed(out: Path) -> int:
+    """The epoch checkpoint.json points to (0 when there is none yet)."""
+    try:
+        return json.loads((out / "checkpoint.json").read_text())["epoch"]
+    except (OSError, ValueError):
+        return 0
 
 
 def left_behind(out: Path) -> dict:
@@ -86,13 +95,13 @@ def trial(fw: str, folder: Path, argv: list[str], reference: Path, seconds: floa
         except subprocess.TimeoutExpired:
             pass
         at = f"{delay:.2f} s after start"
-    else:  # just after epoch k's line: metrics.json, the checkpoint and the weights are being written
-        k, delay = int(rng.integers(1, 3)), float(rng.uniform(0, 0.6))
-        for line in p.stdout:
-            if line.startswith(f"epoch {k}/2:"):
-                break
+    else:  # in epoch k's checkpoint (its temp folder) or weights file (its temp file), as soon as it shows
+        k, delay = int(rng.integers(1, 3)), float(rng.uniform(0, 0.05))
+        before, pattern = (k - 1, ".checkpoint-*") if mode == "checkpoint" else (k, ".model.safetensors.*")
+        while p.poll() is None and not (pointed(out) == before and any(out.glob(pattern))):
+            time.sleep(0.001)
         time.sleep(delay)
-        at = f"{delay:.2f} s after epoch {k}'s line"
+        at = f"{delay * 1000:.0f} ms into epoch {k}'s {'checkpoint folder' if mode == 'checkpoint' else 'weights file'}"
     killed = p.poll() is None
     if killed:
         p.send_signal(signal.SIGKILL)
@@ -121,8 +130,7 @@ def run(frameworks, tries: int, steps: int, seed: int = 0, folder: Path | None =
         seconds = time.perf_counter() - t
         rows = []
         for i in range(tries):
-            row = trial(fw, folder / fw, argv, ref / "model.safetensors", seconds,
-                        "uniform" if i % 2 == 0 else "after an epoch's line", rng)
+            row = trial(fw, folder / fw, argv, ref / "model.safetensors", seconds, MODES[i % len(MODES)], rng)
             rows.append(row)
             log(f"{fw} try {i + 1}/{tries}: killed {row['kill']} (pointer {row['pointer']}, metrics epochs "
                 f"{row['metrics_epochs']}, temp {row['temp']}); {'resumed' if row['resumed'] else 'started again'}: "

@@ -217,8 +217,8 @@ def test_read_only_out_is_refused(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_killed_runs_resume_to_the_same_weights(fw, tmp_path):
-    """Two SIGKILLs (one at a random moment, one just after an epoch's line, in the checkpoint's
-    writes); each run resumed ends with the uninterrupted run's model.safetensors, bit for bit.
+    """Two SIGKILLs (one at a random moment, one in the middle of a checkpoint's
+    temp folder); each run resumed ends with the uninterrupted run's model.safetensors, bit for bit.
     The long version: python -m benchmarks.kill_resume --tries 10."""
     from benchmarks import kill_resume
     report = kill_resume.run([fw], tries=2, steps=4, folder=tmp_path, log=lambda *a: None)
