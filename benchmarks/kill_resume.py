@@ -132,7 +132,7 @@ def run(frameworks, tries: int, steps: int, seed: int = 0, folder: Path | None =
         for i in range(tries):
             row = trial(fw, folder / fw, argv, ref / "model.safetensors", seconds, MODES[i % len(MODES)], rng)
             rows.append(row)
-            log(f"{fw} try {i + 1}/{tries}: killed {row['kill']} (pointer {row['pointer']}, metrics epochs "
+            log(f"{fw} try {i + 1}/{tries}: {'killed' if row['killed'] else 'ended before the kill'} {row['kill']} (pointer {row['pointer']}, metrics epochs "
                 f"{row['metrics_epochs']}, temp {row['temp']}); {'resumed' if row['resumed'] else 'started again'}: "
                 f"{'same weights' if row['ok'] else 'FAILED ' + str(row['differing_tensors'])}")
         report["frameworks"][fw] = {"uninterrupted_seconds": round(seconds, 1), "tries": rows,
