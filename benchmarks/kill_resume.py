@@ -7,8 +7,9 @@ finished run's model.safetensors must equal an uninterrupted run's, tensor for t
 Half the kills fall at a uniform moment of the whole run (start-up included); the others in the
 middle of a checkpoint's writes: 0-50 ms after its temp folder, or the weights' temp file, appears
 (watched from outside, every millisecond; no hook in the code). What each kill left behind (temp
-files, the checkpoint pointed to, the epochs metrics.json records) is recorded with it. Small model: VGG-11/8 at 32 px, 2
-epochs of --max-steps steps, the bundled sample. Writes a JSON report (--report).
+files, the checkpoint pointed to, the epochs metrics.json records) is recorded with it. Small
+model: VGG-11/8 at 32 px, 2 epochs of --max-steps steps, the bundled sample. Writes a JSON report
+(--report).
 """
 from __future__ import annotations
 
@@ -132,8 +133,9 @@ def run(frameworks, tries: int, steps: int, seed: int = 0, folder: Path | None =
         for i in range(tries):
             row = trial(fw, folder / fw, argv, ref / "model.safetensors", seconds, MODES[i % len(MODES)], rng)
             rows.append(row)
-            log(f"{fw} try {i + 1}/{tries}: {'killed' if row['killed'] else 'ended before the kill'} {row['kill']} (pointer {row['pointer']}, metrics epochs "
-                f"{row['metrics_epochs']}, temp {row['temp']}); {'resumed' if row['resumed'] else 'started again'}: "
+            log(f"{fw} try {i + 1}/{tries}: {'killed' if row['killed'] else 'ended before the kill'} {row['kill']} "
+                f"(pointer {row['pointer']}, metrics epochs {row['metrics_epochs']}, temp {row['temp']}); "
+                f"{'resumed' if row['resumed'] else 'started again'}: "
                 f"{'same weights' if row['ok'] else 'FAILED ' + str(row['differing_tensors'])}")
         report["frameworks"][fw] = {"uninterrupted_seconds": round(seconds, 1), "tries": rows,
                                     "failures": sum(not r["ok"] for r in rows),
