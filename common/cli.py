@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 
 from .arch import ArchError, make_spec, parse_arch, valid_names
-from .weights import expected_canonical
+from .data import DataError
+from .errors import RunError
+from .weights import WeightsError, expected_canonical
+
+# What the library raises for a user's mistake or circumstance; main_guard turns it into one line.
+EXPECTED = (ArchError, DataError, WeightsError, RunError)
 
 
 def _arch(text):
@@ -54,6 +60,19 @@ def check_fits(spec, smaller: str) -> None:
         fail(f"{spec.name} for {h}x{w} px and {spec.num_classes:,} classes has {values:,} parameters, "
              f"{need / 2**30:,.1f} GiB of float32 weights, more than this machine's {have / 2**30:,.1f} GiB of "
              f"memory; use a smaller {smaller} or a larger --width-ratio")
+
+
+@contextlib.contextmanager
+def main_guard():
+    """The command line's edge: the library's expected errors (EXPECTED) end as `error: message`
+    on stderr and their exit code (2; RunError kinds carry their own: 1 diverged, 130
+    interrupted), Ctrl-C as exit code 130; anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except EXPECTED as e:
+        fail(str(e), code=getattr(e, "code", 2))
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
 
 
 def model_main(prog, argv, *, build, summary, count):
@@ -157,6 +176,9 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="stop each epoch after this many batches (smoke runs); evaluation still sees the whole test set")
     g.add_argument("--out", help="folder for metrics.json, the plot, model.safetensors and the checkpoint (default runs/<framework>)")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds another run's checkpoint (refused without it); that "
+                        "checkpoint stays until this run's first one replaces it")
     g.add_argument("--compile", action="store_true",
                    help="PyTorch: torch.compile the model. Gluon always hybridizes and Flax always jits, so "
                         "they accept and ignore it")
@@ -212,6 +234,8 @@ def check_train_args(args) -> None:
     if args.devices and args.batch_size % args.devices:
         fail(f"--batch-size {args.batch_size} is the global batch and must split evenly over --devices "
              f"{args.devices}; use a multiple of {args.devices}")
+    if args.resume and args.overwrite:
+        fail("--resume continues the run in --out and --overwrite replaces it: give one or the other")
     if args.optimizer == "adam" and args.momentum:
         fail("--momentum applies to --optimizer sgd only (Adam has its own betas)")
     try:

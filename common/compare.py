@@ -21,7 +21,7 @@ from .files import write_atomic
 from .training import write_json
 
 FRAMEWORKS = {"torch": "vgg_torch.train", "gluon": "vgg_gluon.train", "flax": "vgg_flax.train"}
-NOT_PASSED = {"help", "preset", "out", "frameworks", "progress"}  # handled here, or already resolved
+NOT_PASSED = {"help", "preset", "out", "frameworks", "progress", "overwrite"}  # handled here, or already resolved
 
 
 def child_argv(args, parser: argparse.ArgumentParser) -> list[str]:
@@ -132,7 +132,12 @@ def main(argv=None):
     argv_child = child_argv(args, train_parser("", ""))
     if args.progress is not False and (args.progress or sys.stderr.isatty()):
         argv_child.append("--progress")  # the child's stderr is our pipe, not a terminal
-    rows = [run_one(f, argv_child, out / f) for f in frameworks]
+    # <out>/<framework>/ are this command's own sub-runs, rewritten by each comparison (a second
+    # `make run` must work, and the report must not mix two runs): each starts with --overwrite,
+    # which leaves the earlier checkpoint until the new run's first one replaces it. --resume
+    # continues them instead.
+    again = [] if args.resume else ["--overwrite"]
+    rows = [run_one(f, argv_child + again, out / f) for f in frameworks]
 
     config = " ".join(argv_child)
     data = next((r["data"] for r in rows if r.get("data")), "unknown")

@@ -2,9 +2,29 @@
 (WeightsError lives in common.weights and DataError in common.data, beside the code that raises them.)"""
 
 
-class CheckpointError(Exception):
-    """A checkpoint file that this project did not write, or that is damaged; the message names the
-    file and says what to do. Raised by each framework's train.load_checkpoint."""
+class RunError(Exception):
+    """An expected failure of a run: the message says what went wrong and what to do; `code` is
+    the exit code the command line ends with."""
+    code = 2
+
+
+class CheckpointError(RunError):
+    """A checkpoint that is missing, damaged, not this run's, or not written by this project at all
+    (each framework's train.load_checkpoint raises it for a foreign file); the message names the file."""
+
+
+class DeviceError(RunError):
+    """A device that was asked for and is not there."""
+
+
+class Diverged(RunError):
+    """The loss became NaN or infinite."""
+    code = 1
+
+
+class Interrupted(RunError):
+    """Ctrl-C (SIGINT); the message says where the run stopped and what is kept."""
+    code = 130
 
 
 def reason(e: BaseException) -> str:

@@ -1,5 +1,5 @@
-"""The training loop and its reports, shared by the three frameworks (the Keras 3 way:
-one loop, one small backend object per framework). No framework is imported here.
+"""The training loop and its reports, shared by the three frameworks (one loop, one small backend
+object per framework). No framework is imported here.
 
 A backend (`vgg_torch.train.Backend`, `vgg_gluon.train.Backend`, `vgg_flax.train.Backend`)
 owns the model, the optimiser and the device, and offers:
@@ -16,44 +16,102 @@ owns the model, the optimiser and the device, and offers:
     save_checkpoint(folder, epoch) / load_checkpoint(folder) -> epoch
     export(path)              the weights alone, canonical safetensors (vgg_X.weights.save)
 
-`run(args, backend_factory)` does the rest: data, epochs, progress bars, the d2l epoch
-line, metrics.json, the PNG, checkpoints, NaN detection and --resume.
+`run(config, backend_factory)` does the rest: data, epochs, progress bars, the d2l epoch
+line, metrics.json, the PNG, checkpoints, NaN detection, --resume, the lock on --out and
+Ctrl-C. It raises typed errors (RunError and its kinds below, DataError, ArchError) with the
+message a user needs; only the command line (`common.cli.main_guard`) turns them into exit codes.
 
 Reports, in --out (default runs/<framework>/):
     metrics.json    config, data set, device, versions, one entry per epoch, and d2l-style
                     points within each epoch ("curve"); rewritten after every epoch
     metrics.png     train loss, train and test accuracy against epochs, as d2l draws them
-    checkpoint-epochN/ + checkpoint.json   the last finished epoch (model, optimiser, RNG)
+    checkpoint-epochN/ + checkpoint.json   the last finished epoch (model, optimiser, RNG),
+                    and the one before it, kept as a fallback for --resume
     model.safetensors   the last epoch's weights in the neutral format (common.weights), for
                         `python -m vgg_X.evaluate --weights` in any of the three frameworks
+    .lock           while a run writes there: its process id (see Run.claim)
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import dataclasses
 import io
 import json
 import math
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from .arch import make_spec
-from .cli import fail, spec_kwargs
-from .data import DataError, Loader, load_fashion_mnist
-from .errors import CheckpointError
+from .data import Loader, load_fashion_mnist
+from .errors import CheckpointError, DeviceError, Diverged, Interrupted, RunError  # noqa: F401  (importable from here too)
 from .files import umask as _umask, write_atomic  # noqa: F401  (write_atomic: importable from here too)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not locked
+    fcntl = None
 
 # Flags that define the run's arithmetic: --resume refuses to continue with different ones.
 RESUME_KEYS = ("arch", "width_ratio", "scale_classifier", "dropout", "resize", "batch_size", "lr",
                "optimizer", "momentum", "normalize", "init", "seed", "max_steps")
 CURVE_POINTS = 5  # points per epoch in the plot's training curves, as d2l's animator
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every training flag (common.cli.add_train_args), built once from the parsed command line:
+    `TrainConfig.from_args(common.cli.parse_train_args(argv))`. No defaults here: the flags
+    define them, once."""
+    arch: object
+    width_ratio: int
+    scale_classifier: bool
+    in_channels: int
+    num_classes: int
+    dropout: float
+    preset: str | None
+    resize: int
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    momentum: float
+    normalize: bool
+    init: str
+    seed: int
+    device: str
+    devices: int | None
+    data_dir: str | None
+    max_steps: int | None
+    out: str | None
+    resume: bool
+    overwrite: bool
+    compile: bool
+    progress: bool | None
+
+    @classmethod
+    def from_args(cls, args) -> TrainConfig:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    def as_dict(self) -> dict:
+        """metrics.json's "config": tuples as lists, as they come back from disk."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+    def spec(self):
+        return make_spec(self.arch, in_channels=self.in_channels, num_classes=self.num_classes,
+                         image_size=self.resize, width_ratio=self.width_ratio,
+                         scale_classifier=self.scale_classifier, dropout=self.dropout)
 
 
 def keep_freed_memory() -> bool:
@@ -89,10 +147,10 @@ def padded_batches(loader: Loader):
 
 
 def pick_device(requested: str, gpu_visible: bool, framework: str) -> bool:
-    """True for the GPU. `auto` takes one when visible; `gpu` without one is an expected error."""
+    """True for the GPU. `auto` takes one when visible; `gpu` without one raises DeviceError."""
     if requested == "gpu" and not gpu_visible:
-        fail(f"--device gpu: no GPU is visible to {framework}. Install its GPU build (docs/gpus.md) "
-             "or use --device cpu")
+        raise DeviceError(f"--device gpu: no GPU is visible to {framework}. Install its GPU build (docs/gpus.md) "
+                          "or use --device cpu")
     return requested != "cpu" and gpu_visible
 
 
@@ -123,25 +181,181 @@ def save_plot(path, metrics: dict) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def _reason(e: BaseException) -> str:
+    """A framework's exception in one line (MXNet's messages carry a C++ backtrace: its last line)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.startswith(("Traceback", "  "))]
+    return f"{type(e).__name__}: {lines[-1][:200]}" if lines else type(e).__name__
+
+
+def check_out(out: Path) -> None:
+    """Make --out, or say in one line why it cannot hold a run, before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a folder; give a folder (it is made if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        where = f" at {e.filename}" if e.filename and str(e.filename) != str(out) else ""
+        raise RunError(f"--out {out}: cannot make this folder ({e.strerror}{where}); "
+                       "give a folder on a disk you can write to") from None
+    if hasattr(os, "statvfs") and os.statvfs(out).f_flag & os.ST_RDONLY:
+        raise RunError(f"--out {out} is on a read-only file system; give a folder you can write to")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise RunError(f"--out {out}: no permission to write in this folder; give a folder you can write to")
+
+
+@contextlib.contextmanager
+def finish_first():
+    """Ctrl-C waits until the block is done (a second Ctrl-C does not). Around the checkpoint
+    write, so that an epoch that has finished is kept; a kill at any moment is safe as well
+    (Run.save_checkpoint)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield  # not ours to change: another thread, a handler of the caller's, or Ctrl-C ignored
+        return
+    hits = []
+
+    def later(signum, frame):
+        hits.append(signum)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, later)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hits:
+        raise KeyboardInterrupt
+
+
 class Run:
-    """The files of one run in `out`: metrics.json, metrics.png, model.safetensors and the checkpoint."""
+    """The files of one run in `out` (metrics.json, metrics.png, model.safetensors, the checkpoint,
+    the lock) and how far the run got, for the message that Ctrl-C ends with. In data
+    parallelism the other processes have `writes = False`: they read the run's files, never write."""
 
     def __init__(self, out):
         self.out = Path(out)
         self.metrics_path, self.plot_path = self.out / "metrics.json", self.out / "metrics.png"
         self.pointer = self.out / "checkpoint.json"
         self.model_path = self.out / "model.safetensors"
+        self.lock_path = self.out / ".lock"
+        self.writes = True
+        self.id = uuid.uuid4().hex[:12]  # in metrics.json and checkpoint.json: which run a checkpoint belongs to
+        self.saved = None  # (epoch, folder): this run's last good checkpoint
+        self.metrics = None  # set once the run has started: what metrics.json says
+        self.where = "start-up"
+        self._lock = None
 
-    def last_checkpoint(self):
-        """(epoch, folder) of the last good checkpoint, or None."""
-        if not self.pointer.is_file():
-            return None
-        p = json.loads(self.pointer.read_text())
-        return p["epoch"], self.out / p["folder"]
+    # -- the lock
+    def claim(self) -> None:
+        """Hold an exclusive lock on `out` for the run's whole life: flock on .lock, which holds our
+        process id. The kernel releases it when the process ends, however it ends, so a killed run
+        leaves no stale lock. Then clear what a killed run left half-written (temp files)."""
+        if not self.writes or fcntl is None:
+            return
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise RunError(f"--out {self.out}: cannot write there ({e.strerror}); "
+                               "give a folder you can write to") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                raise RunError(f"{self.out} is in use by another run (process {pid or 'unknown'}); wait for it to "
+                               "end, or give this run another --out") from None
+            try:  # the run that held it may have ended and removed the file meanwhile: then lock the new one
+                if os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock = fd
+        for tmp in self.out.glob(".checkpoint-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        for tmp in self.out.glob(".*.part"):
+            tmp.unlink(missing_ok=True)
 
+    def release(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_path)  # before closing: nobody else holds this file's lock meanwhile
+            os.close(self._lock)
+            self._lock = None
+
+    # -- what is already there
+    def check_fresh(self, overwrite: bool):
+        """A run without --resume must not silently replace another run's checkpoint: refuse,
+        unless --overwrite. Returns what is there (or None)."""
+        held = self._holds()
+        if held and not overwrite:
+            raise RunError(f"{self.out} already holds a run ({held}); --resume continues it, --out NEW starts "
+                           "elsewhere, --overwrite replaces it")
+        return held
+
+    def _holds(self):
+        try:
+            return f"a checkpoint of epoch {json.loads(self.pointer.read_text())['epoch']}"
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError):
+            return "a damaged checkpoint.json"
+        if any(self.out.glob("checkpoint-epoch*")):
+            return "checkpoint folders"
+        return "trained weights, model.safetensors" if self.model_path.exists() else None
+
+    def checkpoints(self):
+        """(the checkpoints --resume may continue from, best first; a problem to report or None;
+        the run they belong to or None): the one checkpoint.json points to, then the one before
+        it. Without a readable checkpoint.json, every checkpoint-epochN folder, newest first."""
+        try:
+            p = json.loads(self.pointer.read_text())
+            found = [(p["epoch"], self.out / p["folder"])]
+            if p.get("previous"):
+                found.append((p["previous"]["epoch"], self.out / p["previous"]["folder"]))
+            return found, None, p.get("run")
+        except FileNotFoundError:
+            problem = None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problem = f"{self.pointer.name} is damaged ({_reason(e)})"
+        found = []
+        for folder in self.out.glob("checkpoint-epoch*"):
+            if folder.name[16:].isdigit():
+                found.append((int(folder.name[16:]), folder))
+        return sorted(found, reverse=True), problem, None
+
+    def restore(self, backend, candidates, say) -> int:
+        """Load the first checkpoint of `candidates` that loads; says which when it is not the first."""
+        problems = []
+        for _, folder in candidates:
+            try:
+                if not folder.is_dir():
+                    raise FileNotFoundError(f"no folder {folder.name}")
+                epoch = backend.load_checkpoint(folder)
+            except Exception as e:  # each framework's own error for a missing or damaged file
+                problems.append(f"{folder.name}: {e if isinstance(e, CheckpointError) else _reason(e)}")
+                continue
+            if problems:
+                say(f"warning: {'; '.join(problems)}; resuming from {folder.name} (epoch {epoch}), the one before",
+                    file=sys.stderr)
+            self.saved = (epoch, folder)
+            return epoch
+        raise CheckpointError(f"--resume: the checkpoint in {self.out} cannot be read ({'; '.join(problems)}); "
+                              "--overwrite starts afresh there, --out NEW elsewhere")
+
+    # -- writing
     def save_checkpoint(self, backend, epoch: int) -> None:
-        """Written into a temp folder, renamed into place, then the pointer is switched, then older
-        folders go: a crash at any moment leaves the previous checkpoint whole and pointed to."""
+        """Written into a temp folder, renamed into place, then checkpoint.json (written atomically)
+        is switched to it, then folders other than it and the one before it go. A kill at any
+        moment leaves checkpoint.json pointing at a whole checkpoint: a folder is pointed to only
+        once it is renamed into place, and renamed only once it is whole. The next run's claim
+        removes a killed run's temp folder."""
+        if not self.writes:
+            return
         final = self.out / f"checkpoint-epoch{epoch}"
         tmp = Path(tempfile.mkdtemp(dir=self.out, prefix=".checkpoint-"))
         try:
@@ -149,60 +363,84 @@ class Run:
             for f in tmp.iterdir():  # safetensors writes 0600 files; the folder's rename is what makes it atomic
                 os.chmod(f, 0o666 & ~_umask())
             os.chmod(tmp, 0o777 & ~_umask())
-            shutil.rmtree(final, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)  # not pointed to by this run: a killed try's, or --overwrite's
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        write_json(self.pointer, {"epoch": epoch, "folder": final.name, "framework": backend.framework})
+        pointer = {"epoch": epoch, "folder": final.name, "framework": backend.framework, "run": self.id}
+        keep = {final}
+        if self.saved and self.saved[1] != final and self.saved[1].is_dir():
+            pointer["previous"] = {"epoch": self.saved[0], "folder": self.saved[1].name}
+            keep.add(self.saved[1])
+        write_json(self.pointer, pointer)
+        self.saved = (epoch, final)
         for old in self.out.glob("checkpoint-epoch*"):
-            if old != final:
+            if old not in keep:
                 shutil.rmtree(old, ignore_errors=True)
-        # the weights alone, in the neutral format that every framework's evaluate reads
-        backend.export(self.model_path)
+
+    def export(self, backend) -> None:
+        """The weights alone, in the neutral format that every framework's evaluate reads."""
+        if self.writes:
+            backend.export(self.model_path)
 
     def write(self, metrics: dict) -> None:
+        if not self.writes:
+            return
         write_json(self.metrics_path, metrics)
         if metrics["epochs"] or metrics["curve"]:
             save_plot(self.plot_path, metrics)
 
+    # -- how it ended
+    def kept(self) -> str:
+        if self.saved:
+            return f"the last checkpoint (epoch {self.saved[0]}) is intact; --resume continues from it"
+        return "no checkpoint was written; run the same command again to start afresh"
 
-class _NoFiles(Run):
-    """The other processes of a data-parallel job: they read the run's files but never write them."""
-
-    def save_checkpoint(self, backend, epoch: int) -> None:
-        pass
-
-    def write(self, metrics: dict) -> None:
-        pass
-
-
-def _config(args) -> dict:
-    return json.loads(json.dumps(vars(args), default=list))  # tuples -> lists, as they come back from disk
+    def interrupted(self, where: str) -> Interrupted:
+        """After Ctrl-C: metrics.json says so (once the run had started); the error says where it stopped."""
+        where = where or self.where
+        if self.metrics is not None:
+            self.metrics.update(status="interrupted", message=f"interrupted during {where}")
+            self.write(self.metrics)
+        return Interrupted(f"interrupted during {where}; {self.kept()}")
 
 
-def _resume(files: Run, args, framework: str):
-    """(first epoch, earlier metrics) from --out, after checking that the flags match."""
-    last = files.last_checkpoint()
-    if last is None or not files.metrics_path.is_file():
-        fail(f"--resume: no checkpoint in {files.out}; run without --resume to start, or point --out at an earlier run")
-    old = json.loads(files.metrics_path.read_text())
+def _resume(files: Run, config: TrainConfig, framework: str):
+    """(earlier metrics, checkpoints to try, a problem to report) from --out, after checking that
+    the checkpoint is this run's and the flags match. Reads only."""
+    candidates, problem, run_id = files.checkpoints()
+    if not candidates:
+        raise CheckpointError(f"--resume: no checkpoint in {files.out}{f' ({problem})' if problem else ''}; "
+                              "run without --resume to start, or point --out at an earlier run")
+    try:
+        old = json.loads(files.metrics_path.read_text())
+        old_config = old["config"]
+    except FileNotFoundError:
+        raise CheckpointError(f"--resume: {files.out} has a checkpoint but no metrics.json, so its flags are "
+                              "unknown; --overwrite starts afresh there, --out NEW elsewhere") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"--resume: {files.metrics_path} is damaged ({_reason(e)}), so the checkpoint cannot "
+                              "be matched to its flags; --overwrite starts afresh there, --out NEW elsewhere") from None
     if old.get("framework") != framework:
-        fail(f"--resume: {files.out} holds a {old.get('framework')} run, not {framework}; use another --out")
-    new = _config(args)
-    changed = [f"--{k.replace('_', '-')} {old['config'].get(k)} -> {new[k]}" for k in RESUME_KEYS
-               if old["config"].get(k) != new[k]]
+        raise CheckpointError(f"--resume: {files.out} holds a {old.get('framework')} run, not {framework}; "
+                              "use another --out")
+    if run_id and old.get("run") and run_id != old["run"]:
+        raise CheckpointError(f"--resume: the checkpoint in {files.out} belongs to an earlier run than its "
+                              "metrics.json (a run started there with --overwrite stopped before its first "
+                              "checkpoint); --overwrite starts afresh there, --out NEW elsewhere")
+    new = config.as_dict()
+    changed = [f"--{k.replace('_', '-')} {old_config.get(k)} -> {new[k]}" for k in RESUME_KEYS
+               if old_config.get(k) != new[k]]
     if changed:
-        fail(f"--resume: flags differ from the run in {files.out} ({'; '.join(changed)}); "
-             "give the same flags, or start a new run in another --out")
-    epoch = last[0]
-    old["epochs"] = old["epochs"][:epoch]
-    old["curve"] = [p for p in old["curve"] if p["epoch"] <= epoch]
-    return epoch, old
+        raise CheckpointError(f"--resume: flags differ from the run in {files.out} ({'; '.join(changed)}); "
+                              "give the same flags, or start a new run in another --out")
+    return old, candidates, problem
 
 
 def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metrics: dict):
-    """One epoch; returns (loss, train acc, examples, examples/s, seconds) or raises FloatingPointError.
-    examples/s leaves out the first step, which in Flax, Gluon and torch.compile includes compiling."""
+    """One epoch; returns (loss, train acc, examples, examples/s, seconds) or raises FloatingPointError;
+    a KeyboardInterrupt comes out saying the epoch and step. examples/s leaves out the first step,
+    which in Flax, Gluon and torch.compile includes compiling."""
     backend.start_epoch(epoch)
     every = max(1, steps // CURVE_POINTS)
     loss_sum = correct = seen = 0
@@ -222,7 +460,7 @@ def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metri
         if step % every == 0 or step == steps:
             metrics["curve"].append(dict(epoch=epoch + step / steps, loss=loss_sum / seen, train_acc=correct / seen))
 
-    start, pending = time.perf_counter(), None
+    start, pending, step = time.perf_counter(), None, 0
     timed_from = (start, 0)
     batches = loader.epoch(epoch)
     try:
@@ -235,6 +473,8 @@ def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metri
                 break
         if pending:
             account(*pending)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"epoch {epoch + 1}, step {max(step, 1)} of {steps}") from None
     finally:
         batches.close()  # stops the loader's prefetch thread when we leave early
         bar.close()
@@ -243,80 +483,128 @@ def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metri
     return loss_sum / seen, correct / seen, seen, (seen - n0) / (end - t0), end - start
 
 
-def run(args, make_backend) -> dict:
-    """Train `make_backend(args)` as the flags say; returns the final metrics."""
+@dataclasses.dataclass
+class _Started:
+    """What start-up hands to the epoch loop."""
+    backend: object
+    files: Run
+    metrics: dict
+    say: object
+    train: Loader
+    test: Loader
+    first: int
+    steps: int
+    progress: bool
+
+
+def _start(config: TrainConfig, make_backend, files: Run) -> _Started:
+    """Everything before the first step: --out, the checks of --resume or of a fresh run, the data,
+    the backend, the lock, the checkpoint, the header lines and the loaders."""
     framework = make_backend.framework
-    keep_freed_memory()
-    files = Run(args.out or Path("runs") / framework)
-    files.out.mkdir(parents=True, exist_ok=True)
-    try:
-        data = load_fashion_mnist(args.data_dir, progress=args.progress is not False)
-    except DataError as e:
-        fail(str(e))
-    if len(data.train_images) < args.batch_size:
-        fail(f"--batch-size {args.batch_size} is larger than the training set ({len(data.train_images):,} images)")
-    first, old = _resume(files, args, framework) if args.resume else (0, None)
-    backend = make_backend(args)
-    if not getattr(backend, "primary", True):  # data parallel: the first process prints and writes for all
-        files, say = _NoFiles(files.out), lambda *a, **k: None
+    check_out(files.out)
+    if config.resume:  # read-only checks first, to fail before the slow part; repeated under the lock below
+        _resume(files, config, framework)
     else:
-        say = print
-    if not args.resume and files.last_checkpoint():
-        say(f"note: starting afresh in {files.out}; its checkpoint will be replaced (--resume continues it)")
-    spec = make_spec(args.arch, **spec_kwargs(args, args.resize))
+        files.check_fresh(config.overwrite)
+    files.where = "start-up (reading the data)"
+    data = load_fashion_mnist(config.data_dir, progress=config.progress is not False)
+    if len(data.train_images) < config.batch_size:
+        raise RunError(f"--batch-size {config.batch_size} is larger than the training set "
+                       f"({len(data.train_images):,} images)")
+    files.where = "start-up (building the model)"
+    backend = make_backend(config)
+    files.writes = getattr(backend, "primary", True)  # data parallel: the first process prints and writes for all
+    say = print if files.writes else (lambda *a, **k: None)
+    files.claim()
+    old, held = None, None
+    if config.resume:
+        old, candidates, problem = _resume(files, config, framework)
+        files.saved, files.id = candidates[0], old.get("run") or files.id
+        if problem:
+            say(f"warning: {problem}; looking for the newest checkpoint folder that loads", file=sys.stderr)
+    else:
+        held = files.check_fresh(config.overwrite)
+    spec = config.spec()
     metrics = old or {}
     metrics.update(
         framework=framework, versions={**backend.versions, "python": platform.python_version(), "numpy": np.__version__},
         model=spec.name, parameters=backend.parameters, device=backend.device, threads=backend.threads,
-        config=_config(args), data={"source": data.source, "describe": data.describe()},
-        status="running", message="")
+        config=config.as_dict(), data={"source": data.source, "describe": data.describe()},
+        run=files.id, status="running", message="")
     metrics.setdefault("epochs", [])
     metrics.setdefault("curve", [])
+    files.metrics = metrics  # the run has started: an interrupt from here on is recorded in metrics.json
     say(f"{framework} ({', '.join(f'{k} {v}' for k, v in backend.versions.items())}): {spec.name} at "
-          f"{args.resize} px, {backend.parameters:,} parameters, on {backend.device}"
-          f"{' (--device auto)' if args.device == 'auto' else ''} ({backend.threads})")
+        f"{config.resize} px, {backend.parameters:,} parameters, on {backend.device}"
+        f"{' (--device auto)' if config.device == 'auto' else ''} ({backend.threads})")
     say(data.describe())
-    if first:
-        try:
-            backend.load_checkpoint(last := files.last_checkpoint()[1])
-        except CheckpointError as e:
-            fail(f"--resume: {e}")
-        say(f"resumed from {last} after epoch {first}")
-    if first >= args.epochs:
+    if held:
+        say(f"note: --overwrite: {files.out} holds an earlier run ({held}); this run's first checkpoint replaces it")
+    first = 0
+    if config.resume:
+        files.where = "start-up (loading the checkpoint)"
+        first = files.restore(backend, candidates, say)
+        metrics["epochs"] = metrics["epochs"][:first]
+        metrics["curve"] = [p for p in metrics["curve"] if p["epoch"] <= first]
+        say(f"resumed from {files.saved[1]} after epoch {first}")
+    if first >= config.epochs:
         say(f"nothing to do: {files.out} already holds {first} epochs (ask for more with --epochs)")
 
     shard = getattr(backend, "shard", (0, 1))  # data parallel: this process's part of each global batch
-    train = Loader(data.train_images, data.train_labels, batch_size=args.batch_size, resize=args.resize,
-                   seed=args.seed, normalize=args.normalize, shuffle=True, shard=shard,
+    train = Loader(data.train_images, data.train_labels, batch_size=config.batch_size, resize=config.resize,
+                   seed=config.seed, normalize=config.normalize, shuffle=True, shard=shard,
                    drop_last=True)  # every step sees one batch shape: one compiled program, one graph
-    test = Loader(data.test_images, data.test_labels, batch_size=args.batch_size, resize=args.resize,
-                  normalize=args.normalize, shuffle=False, shard=shard)
-    steps = min(len(train), args.max_steps or len(train))
-    progress = (sys.stderr.isatty() if args.progress is None else args.progress) and say is print
-    for epoch in range(first, args.epochs):
+    test = Loader(data.test_images, data.test_labels, batch_size=config.batch_size, resize=config.resize,
+                  normalize=config.normalize, shuffle=False, shard=shard)
+    steps = min(len(train), config.max_steps or len(train))
+    progress = (sys.stderr.isatty() if config.progress is None else config.progress) and files.writes
+    return _Started(backend, files, metrics, say, train, test, first, steps, progress)
+
+
+def _epochs(config: TrainConfig, s: _Started) -> dict:
+    """The epoch loop: train, evaluate, report, checkpoint."""
+    backend, files, metrics, say = s.backend, s.files, s.metrics, s.say
+    for epoch in range(s.first, config.epochs):
+        files.where = f"epoch {epoch + 1}"
         try:
-            loss, train_acc, seen, speed, seconds = train_epoch(backend, train, epoch, steps, progress, metrics)
+            loss, train_acc, seen, speed, seconds = train_epoch(backend, s.train, epoch, s.steps, s.progress, metrics)
         except FloatingPointError as e:
-            last = files.last_checkpoint()
-            kept = f"the last good checkpoint ({last[1]}, epoch {last[0]}) is kept" if last else "no checkpoint was written"
+            kept = (f"the last good checkpoint ({files.saved[1]}, epoch {files.saved[0]}) is kept" if files.saved
+                    else "no checkpoint was written")
             metrics.update(status="diverged", message=f"{e}; {kept}")
             files.write(metrics)
-            fail(f"{e}: training diverged. Lower the learning rate (now --lr {args.lr}; try {args.lr / 10:g}); "
-                 f"{kept}", code=1)
-        except KeyboardInterrupt:
-            metrics.update(status="interrupted", message=f"interrupted during epoch {epoch + 1}")
-            files.write(metrics)
-            fail(f"interrupted during epoch {epoch + 1}; --resume continues from the last checkpoint", code=130)
+            raise Diverged(f"{e}: training diverged. Lower the learning rate (now --lr {config.lr}; "
+                           f"try {config.lr / 10:g}); {kept}") from None
+        files.where = f"the evaluation after epoch {epoch + 1}"
         t = time.perf_counter()
-        test_acc = backend.evaluate(test)
+        test_acc = backend.evaluate(s.test)
         entry = dict(epoch=epoch + 1, loss=loss, train_acc=train_acc, test_acc=test_acc,
                      examples_per_sec=speed, examples=seen, train_seconds=seconds,
                      eval_seconds=time.perf_counter() - t, device=backend.device)
         metrics["epochs"].append(entry)
-        say(f"epoch {epoch + 1}/{args.epochs}: {epoch_line(entry)}", flush=True)
-        files.save_checkpoint(backend, epoch + 1)
+        say(f"epoch {epoch + 1}/{config.epochs}: {epoch_line(entry)}", flush=True)
+        files.where = f"the checkpoint of epoch {epoch + 1} (written to the end first)"
+        with finish_first():
+            files.write(metrics)  # before the checkpoint: metrics.json never lags behind what --resume loads
+            files.save_checkpoint(backend, epoch + 1)
+            files.export(backend)
+    with finish_first():
+        if s.first >= config.epochs:
+            files.export(backend)  # a run killed after its last checkpoint may have lost its weights file
+        metrics.update(status="finished", message="")
         files.write(metrics)
-    metrics.update(status="finished")
-    files.write(metrics)
     say(f"wrote {files.metrics_path}, {files.plot_path}, {files.model_path} and the checkpoint in {files.out}")
     return metrics
+
+
+def run(config: TrainConfig, make_backend) -> dict:
+    """Train `make_backend(config)` as the config says; returns the final metrics. Holds the lock on
+    --out for the run's whole life. Raises RunError (or one of its kinds), DataError or ArchError."""
+    keep_freed_memory()
+    files = Run(config.out or Path("runs") / make_backend.framework)
+    try:
+        return _epochs(config, _start(config, make_backend, files))
+    except KeyboardInterrupt as e:
+        raise files.interrupted(str(e)) from None
+    finally:
+        files.release()

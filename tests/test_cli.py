@@ -86,8 +86,10 @@ def test_train_script_rejects_bad_flag_and_missing_gpu(fw, tmp_path):
     assert "--device gpu: no GPU is visible" in gpu.stderr and "Traceback" not in gpu.stderr
 
 
-def test_resume_refuses_missing_or_different_runs(tmp_path, capsys):
+def test_resume_refuses_missing_or_different_runs(tmp_path):
+    """The library raises (typed, with the message); the command line turns it into exit code 2."""
     from common import training
+    from common.data import DataError
 
     class Never:  # the checks come before any framework work
         framework = "torch"
@@ -95,16 +97,30 @@ def test_resume_refuses_missing_or_different_runs(tmp_path, capsys):
         def __init__(self, args):
             raise AssertionError("built a backend")
 
-    args = lambda *a: parse_train_args(["--data-dir", str(ROOT / "common" / "data"), "--out", str(tmp_path), *a])
-    with pytest.raises(SystemExit) as e:
-        training.run(args("--resume"), Never)
-    assert e.value.code == 2 and "--resume: no checkpoint in" in capsys.readouterr().err
+    config = lambda *a: training.TrainConfig.from_args(
+        parse_train_args(["--data-dir", str(ROOT / "common" / "data"), "--out", str(tmp_path), *a]))
+    with pytest.raises(training.CheckpointError, match="--resume: no checkpoint in") as e:
+        training.run(config("--resume"), Never)
+    assert e.value.code == 2
     (tmp_path / "checkpoint.json").write_text(json.dumps({"epoch": 1, "folder": "checkpoint-epoch1"}))
-    (tmp_path / "metrics.json").write_text(json.dumps({"framework": "torch", "config": training._config(args()),
+    (tmp_path / "metrics.json").write_text(json.dumps({"framework": "torch", "config": config().as_dict(),
                                                        "epochs": [], "curve": []}))
-    with pytest.raises(SystemExit):
-        training.run(args("--resume", "--lr", "0.1"), Never)
-    assert "--lr 0.05 -> 0.1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        training.run(args("--resume", "--data-dir", str(tmp_path / "nowhere")), Never)
-    assert "missing" in capsys.readouterr().err
+    with pytest.raises(training.CheckpointError, match="--lr 0.05 -> 0.1"):
+        training.run(config("--resume", "--lr", "0.1"), Never)
+    with pytest.raises(DataError, match="missing"):
+        training.run(config("--resume", "--data-dir", str(tmp_path / "nowhere")), Never)
+
+
+def test_train_config_is_every_training_flag():
+    """TrainConfig (what training.run takes) has a field for each flag, and metrics.json's "config"
+    is the parsed flags as they were always written (vars of the argparse Namespace)."""
+    from common.training import TrainConfig
+    args = parse_train_args(["--arch", "((1,8),(1,16),(1,16),(1,16),(1,16))", "--resize", "32"])
+    config = TrainConfig.from_args(args)
+    assert config.as_dict() == json.loads(json.dumps(vars(args), default=list))
+    with pytest.raises(Exception):  # frozen
+        config.lr = 1.0
+
+
+def test_resume_and_overwrite_exclude_each_other(capsys):
+    assert "give one or the other" in error_of(capsys, ["--resume", "--overwrite"])

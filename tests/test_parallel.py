@@ -157,7 +157,8 @@ def test_only_the_primary_process_prints_and_writes(tmp_path, capsys):
             super().__init__(args)
             self.primary = False
 
-    training.run(parse_train_args([*FLAGS, "--epochs", "1", "--out", str(tmp_path)]), Secondary)
+    training.run(training.TrainConfig.from_args(parse_train_args([*FLAGS, "--epochs", "1", "--out", str(tmp_path)])),
+                 Secondary)
     assert list(tmp_path.iterdir()) == [] and capsys.readouterr().out == ""
 
 

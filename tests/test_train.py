@@ -95,7 +95,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fw, tmp_path, capsys):
     train(fw, tmp_path, *TINY, "--lr", "0.01", "--epochs", "1")
     good = checkpoint_arrays(fw, tmp_path / "checkpoint-epoch1")
     with pytest.raises(SystemExit) as e:  # a fresh run into the same folder, with an absurd learning rate
-        train(fw, tmp_path, *TINY, "--lr", "1e6", "--epochs", "2")
+        train(fw, tmp_path, *TINY, "--lr", "1e6", "--epochs", "2", "--overwrite")
     err = capsys.readouterr().err
     assert e.value.code == 1 and "Lower the learning rate" in err and "Traceback" not in err, err
     m = json.loads((tmp_path / "metrics.json").read_text())
@@ -124,6 +124,23 @@ def test_compare_reports_a_failing_framework(tmp_path, monkeypatch):
     row = compare.run_one("broken", [], tmp_path / "broken")
     assert row["status"] == "failed (exit 1)" and "No module named" in row["error"]
     assert "| broken | - |" in compare.table([row]) and "failed (exit 1)" in compare.table([row])
+
+
+def test_compare_redoes_its_own_runs(tmp_path, monkeypatch):
+    """A second comparison into the same --out redoes the three runs there (a fresh run would
+    otherwise be refused by the first one's checkpoint); with --resume it continues them."""
+    calls = []
+
+    def fake(framework, argv, out):
+        calls.append(argv)
+        return {"framework": framework, "status": "finished", "seconds": 0.0, "command": "",
+                "curve": [{"epoch": 1, "loss": 1.0, "train_acc": 0.5}], "epochs": [{"epoch": 1, "test_acc": 0.5}]}
+
+    monkeypatch.setattr(compare, "run_one", fake)
+    compare.main([*TINY, "--lr", "0.01", "--out", str(tmp_path)])
+    compare.main([*TINY, "--lr", "0.01", "--out", str(tmp_path), "--resume"])
+    assert [a.count("--overwrite") for a in calls] == [1, 1, 1, 0, 0, 0]
+    assert [a.count("--resume") for a in calls] == [0, 0, 0, 1, 1, 1]
 
 
 def reference_update(optimizer, w, grads, lr, momentum=0.9, b1=0.9, b2=0.999, eps=1e-8):

@@ -12,8 +12,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from common.cli import fail
+from common.cli import main_guard
 from common.evaluate import evaluate_main
+from common.training import DeviceError
 from vgg_flax import xla_cpu
 from vgg_flax.model import vgg
 from vgg_flax.weights import from_canonical
@@ -22,7 +23,7 @@ from vgg_flax.weights import from_canonical
 def pick_device(requested: str):
     gpus = [d for d in jax.devices() if d.platform == "gpu"]
     if requested == "gpu" and not gpus:
-        fail("--device gpu: JAX sees no GPU (jax.devices() lists none); use --device cpu")
+        raise DeviceError("--device gpu: JAX sees no GPU (jax.devices() lists none); use --device cpu")
     return gpus[0] if requested != "cpu" and gpus else jax.devices("cpu")[0]
 
 
@@ -47,8 +48,9 @@ def predict(model, x, device):
 
 
 def main(argv=None):
-    evaluate_main("vgg_flax.evaluate", argv, framework=f"Flax {flax.__version__}",
-                  pick_device=pick_device, load_model=load_model, predict=predict)
+    with main_guard():
+        evaluate_main("vgg_flax.evaluate", argv, framework=f"Flax {flax.__version__}",
+                      pick_device=pick_device, load_model=load_model, predict=predict)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from common import training
-from common.cli import fail
+from common.training import DeviceError, RunError
 
 AXIS = "data"
 
@@ -67,13 +67,13 @@ def setup(args) -> Context:
     if n > len(local):
         hint = (" (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N before starting "
                 "makes N host devices)" if platform == "cpu" else "")
-        fail(f"--devices {n}: JAX sees {len(local)} {platform} device(s) on this machine{hint}")
+        raise DeviceError(f"--devices {n}: JAX sees {len(local)} {platform} device(s) on this machine{hint}")
     procs = jax.process_count()
     by_process = [[d for d in jax.devices(platform) if d.process_index == p][:n] for p in range(procs)]
     world = sum(map(len, by_process))
     if args.batch_size % world:
-        fail(f"--batch-size {args.batch_size} (the global batch) does not split evenly over {world} "
-             f"devices; use a multiple of {world}")
+        raise RunError(f"--batch-size {args.batch_size} (the global batch) does not split evenly over {world} "
+                       f"devices; use a multiple of {world}")
     mine = by_process[jax.process_index()]
     if world == 1:
         one = jax.sharding.SingleDeviceSharding(mine[0])

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from common import training
-from common.cli import parse_train_args, spec_kwargs
+from common.cli import main_guard, parse_train_args, spec_kwargs
 from common.errors import CheckpointError, reason
 from vgg_flax import parallel
 from vgg_flax import weights
@@ -180,12 +180,14 @@ class Backend:
 
 
 def main(argv=None):
-    args = parse_train_args(argv, prog="python -m vgg_flax.train",
-                            description="Train a VGG on Fashion-MNIST with Flax NNX (nnx.jit train step).")
-    try:
-        training.run(args, Backend)
-    finally:
-        parallel.cleanup()
+    with main_guard():
+        config = training.TrainConfig.from_args(parse_train_args(
+            argv, prog="python -m vgg_flax.train",
+            description="Train a VGG on Fashion-MNIST with Flax NNX (nnx.jit train step)."))
+        try:
+            training.run(config, Backend)
+        finally:
+            parallel.cleanup()
 
 
 if __name__ == "__main__":

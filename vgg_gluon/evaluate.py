@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import mxnet as mx
 
-from common.cli import fail
+from common.cli import main_guard
 from common.evaluate import evaluate_main
+from common.training import DeviceError
 from vgg_gluon.model import vgg
 from vgg_gluon.weights import from_canonical
 
@@ -18,7 +19,7 @@ from vgg_gluon.weights import from_canonical
 def pick_device(requested: str) -> mx.Context:
     gpus = mx.context.num_gpus()
     if requested == "gpu" and not gpus:
-        fail("--device gpu: MXNet sees no GPU (mx.context.num_gpus() is 0); use --device cpu")
+        raise DeviceError("--device gpu: MXNet sees no GPU (mx.context.num_gpus() is 0); use --device cpu")
     return mx.gpu(0) if requested != "cpu" and gpus else mx.cpu()
 
 
@@ -35,8 +36,9 @@ def predict(net, x, device):
 
 
 def main(argv=None):
-    evaluate_main("vgg_gluon.evaluate", argv, framework=f"MXNet Gluon {mx.__version__}",
-                  pick_device=pick_device, load_model=load_model, predict=predict)
+    with main_guard():
+        evaluate_main("vgg_gluon.evaluate", argv, framework=f"MXNet Gluon {mx.__version__}",
+                      pick_device=pick_device, load_model=load_model, predict=predict)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from common import training
-from common.cli import fail
+from common.training import DeviceError, RunError
 
 _kvstore = None  # the dist KVStore of a launched worker, which `total` also sums with
 TOTAL_KEY = 1 << 30  # for `total`: beyond the Trainer's keys (0 .. #parameters - 1)
@@ -52,7 +52,7 @@ def setup(args) -> Context:
     gpu = training.pick_device(args.device, mx.context.num_gpus() > 0, "MXNet")
     n = args.devices or 1
     if gpu and n > mx.context.num_gpus():
-        fail(f"--devices {n}: MXNet sees {mx.context.num_gpus()} GPU(s)")
+        raise DeviceError(f"--devices {n}: MXNet sees {mx.context.num_gpus()} GPU(s)")
     devices = [mx.gpu(i) if gpu else mx.cpu(i) for i in range(n)]
     kv, rank, workers = ("device" if n > 1 else None), 0, 1
     if launched():
@@ -60,8 +60,8 @@ def setup(args) -> Context:
         rank, workers = kv.rank, kv.num_workers
     world = n * workers
     if args.batch_size % world:
-        fail(f"--batch-size {args.batch_size} (the global batch) does not split evenly over {world} "
-             f"devices; use a multiple of {world}")
+        raise RunError(f"--batch-size {args.batch_size} (the global batch) does not split evenly over {world} "
+                       f"devices; use a multiple of {world}")
     name = str(devices[0])
     if world > 1:
         name += f" x{world} (kvstore {'dist_sync, worker %d of %d' % (rank, workers) if launched() else 'device'})"

@@ -18,7 +18,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from common import training
-from common.cli import parse_train_args, spec_kwargs
+from common.cli import main_guard, parse_train_args, spec_kwargs
 from common.errors import CheckpointError, reason
 from vgg_gluon import parallel
 from vgg_gluon import weights
@@ -196,12 +196,14 @@ class Backend:
 
 
 def main(argv=None):
-    args = parse_train_args(argv, prog="python -m vgg_gluon.train",
-                            description="Train a VGG on Fashion-MNIST with MXNet Gluon (hybridized).")
-    try:
-        training.run(args, Backend)
-    finally:
-        parallel.cleanup()
+    with main_guard():
+        config = training.TrainConfig.from_args(parse_train_args(
+            argv, prog="python -m vgg_gluon.train",
+            description="Train a VGG on Fashion-MNIST with MXNet Gluon (hybridized)."))
+        try:
+            training.run(config, Backend)
+        finally:
+            parallel.cleanup()
 
 
 if __name__ == "__main__":

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import torch
 
-from common.cli import fail
+from common.cli import main_guard
 from common.evaluate import evaluate_main
+from common.training import DeviceError
 from vgg_torch.model import vgg
 from vgg_torch.weights import from_canonical
 
 
 def pick_device(requested: str) -> torch.device:
     if requested == "gpu" and not torch.cuda.is_available():
-        fail("--device gpu: PyTorch sees no GPU (torch.cuda.is_available() is False); use --device cpu")
+        raise DeviceError("--device gpu: PyTorch sees no GPU (torch.cuda.is_available() is False); use --device cpu")
     return torch.device("cuda" if requested != "cpu" and torch.cuda.is_available() else "cpu")
 
 
@@ -33,8 +34,9 @@ def predict(net, x, device):
 
 
 def main(argv=None):
-    evaluate_main("vgg_torch.evaluate", argv, framework=f"PyTorch {torch.__version__}",
-                  pick_device=pick_device, load_model=load_model, predict=predict)
+    with main_guard():
+        evaluate_main("vgg_torch.evaluate", argv, framework=f"PyTorch {torch.__version__}",
+                      pick_device=pick_device, load_model=load_model, predict=predict)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from common import training
-from common.cli import fail
+from common.training import DeviceError, RunError
 
 
 @dataclass(frozen=True)
@@ -55,20 +55,20 @@ def setup(args) -> Context:
     gpu = training.pick_device(args.device, torch.cuda.is_available(), "torch")
     if not launched():
         if (args.devices or 1) > 1:
-            fail("--devices N > 1 in PyTorch needs torchrun (vgg_torch.train's main starts it)")
+            raise DeviceError("--devices N > 1 in PyTorch needs torchrun (vgg_torch.train's main starts it)")
         dev = torch.device("cuda:0" if gpu else "cpu")
         return Context([dev], 1, (0, 1), True, str(dev))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank, local_world = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
     if args.devices and args.devices != local_world:
-        fail(f"--devices {args.devices}, but torchrun started {local_world} processes on this machine "
-             "(--nproc_per_node): give one or the other")
+        raise DeviceError(f"--devices {args.devices}, but torchrun started {local_world} processes on this machine "
+                          "(--nproc_per_node): give one or the other")
     if args.batch_size % world:
-        fail(f"--batch-size {args.batch_size} (the global batch) does not split evenly over {world} "
-             f"processes; use a multiple of {world}")
+        raise RunError(f"--batch-size {args.batch_size} (the global batch) does not split evenly over {world} "
+                       f"processes; use a multiple of {world}")
     if gpu and local_rank >= torch.cuda.device_count():
-        fail(f"torchrun started {local_world} processes on this machine but it has "
-             f"{torch.cuda.device_count()} GPUs; lower --nproc_per_node")
+        raise DeviceError(f"torchrun started {local_world} processes on this machine but it has "
+                          f"{torch.cuda.device_count()} GPUs; lower --nproc_per_node")
     dev = torch.device(f"cuda:{local_rank}" if gpu else "cpu")
     if gpu:
         torch.cuda.set_device(dev)

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from common import training
-from common.cli import parse_train_args, spec_kwargs
+from common.cli import main_guard, parse_train_args, spec_kwargs
 from common.errors import CheckpointError, reason
 from vgg_torch import parallel
 from vgg_torch import weights
@@ -147,16 +147,18 @@ class Backend:
 
 
 def main(argv=None):
-    args = parse_train_args(argv, prog="python -m vgg_torch.train",
-                            description="Train a VGG on Fashion-MNIST with PyTorch (eager; --compile for torch.compile).")
-    if parallel.launch(args, "vgg_torch.train", sys.argv[1:] if argv is None else argv):
-        return  # --devices N: torchrun has run the N processes
-    try:
-        training.run(args, Backend)
-    except BaseException:
-        parallel.cleanup(together=False)
-        raise
-    parallel.cleanup()
+    with main_guard():
+        config = training.TrainConfig.from_args(parse_train_args(
+            argv, prog="python -m vgg_torch.train",
+            description="Train a VGG on Fashion-MNIST with PyTorch (eager; --compile for torch.compile)."))
+        if parallel.launch(config, "vgg_torch.train", sys.argv[1:] if argv is None else argv):
+            return  # --devices N: torchrun has run the N processes
+        try:
+            training.run(config, Backend)
+        except BaseException:
+            parallel.cleanup(together=False)
+            raise
+        parallel.cleanup()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,226 @@
+"""A run never loses what is on disk and never ends in a traceback: two runs on one --out, a fresh
+run over another run's checkpoint, damaged checkpoints, Ctrl-C, an --out that cannot be used.
+Each case goes through the real command line (`python -m vgg_X.train` in a subprocess) and is
+held to: the exit code, no traceback, the words of the one-line message, and the files that were
+there before (compared byte for byte, or tensor for tensor with safetensors' own reader).
+
+One small run per framework (VGG-11/8 at 32 px, 2 epochs of 2 steps, the bundled sample) is shared
+by the cases; each case works on a copy of it."""
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "common" / "data"
+FLAGS = ["--width-ratio", "8", "--scale-classifier", "--resize", "32", "--data-dir", str(SAMPLE), "--batch-size", "32",
+         "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.01", "--normalize", "--no-progress"]
+FRAMEWORKS = ["torch", "gluon", "flax"]
+
+
+def _sigint_default():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell's background job inherits it ignored
+
+
+def start(fw, out, *flags, **kw):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    return subprocess.Popen([sys.executable, "-m", f"vgg_{fw}.train", *FLAGS, *flags, "--out", str(out)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default, **kw)
+
+
+def train(fw, out, *flags):
+    p = start(fw, out, *flags)
+    stdout, stderr = p.communicate(timeout=600)
+    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
+
+
+def refused(r, code=2):
+    """Exit code, exactly one line on stderr, no traceback; returns that line."""
+    assert r.returncode == code, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under `folder` (its lock file aside) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and p.name != ".lock"}
+
+
+def tensors(path: Path) -> dict:
+    return load_file(str(path))
+
+
+def assert_same_tensors(a: Path, b: Path) -> None:
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys() and len(ta) >= 16
+    for k in ta:
+        assert ta[k].dtype == tb[k].dtype and np.array_equal(ta[k], tb[k]), k  # bit for bit
+
+
+@pytest.fixture(scope="module", params=FRAMEWORKS)
+def done(request, tmp_path_factory):
+    """(framework, a finished 2-epoch run's folder)."""
+    fw = request.param
+    out = tmp_path_factory.mktemp(fw) / "run"
+    r = train(fw, out, "--epochs", "2", "--max-steps", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return fw, out
+
+
+def copy(done, tmp_path) -> Path:
+    shutil.copytree(done[1], tmp_path / "run")
+    return tmp_path / "run"
+
+
+# ---------------------------------------------------------------------------- two runs, one folder
+
+def test_a_finished_run_keeps_its_folder_and_lock_file_goes(done):
+    fw, out = done
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-epoch1", "checkpoint-epoch2", "checkpoint.json",
+                                                    "metrics.json", "metrics.png", "model.safetensors"]
+
+
+def test_fresh_run_refuses_to_replace_another_runs_checkpoint(done, tmp_path):
+    fw, _ = done
+    out = copy(done, tmp_path)
+    before = snapshot(out)
+    line = refused(train(fw, out, "--epochs", "1", "--seed", "1"))
+    assert "already holds a run" in line and "--resume continues it" in line and "--overwrite replaces it" in line
+    assert snapshot(out) == before
+
+
+def test_second_run_refused_while_the_folder_is_locked(done, tmp_path):
+    """Another process holds the folder's lock (as a running run does): this run names its process id
+    and leaves everything as it was; once that process is killed, the lock is gone with it."""
+    fw, _ = done
+    out = copy(done, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                               "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+                               "print('locked', flush=True)\ntime.sleep(600)\n", str(out / ".lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(out)
+        line = refused(train(fw, out, "--epochs", "2", "--max-steps", "2", "--resume"))
+        assert f"in use by another run (process {holder.pid})" in line and "another --out" in line
+        assert snapshot(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder was killed: its lock went with it, though its lock file is still there
+    fd = os.open(out / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------- damaged checkpoints
+
+def test_resume_falls_back_when_the_last_checkpoint_is_gone(done, tmp_path):
+    """checkpoint.json truncated and the last checkpoint folder deleted: --resume says so, continues
+    from the epoch before, and ends with the uninterrupted run's weights, bit for bit."""
+    fw, full = done
+    out = copy(done, tmp_path)
+    shutil.rmtree(out / "checkpoint-epoch2")
+    (out / "checkpoint.json").write_text((out / "checkpoint.json").read_text()[:10])
+    (out / "model.safetensors").unlink()
+    r = train(fw, out, "--epochs", "2", "--max-steps", "2", "--resume")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "checkpoint.json is damaged" in r.stderr and "resumed from" in r.stdout and "after epoch 1" in r.stdout
+    assert_same_tensors(full / "model.safetensors", out / "model.safetensors")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_resume_refuses_an_unreadable_checkpoint(done, tmp_path, damage):
+    """Every checkpoint damaged (the largest file of each cut in half, or the folders deleted):
+    one line that says which and what to do; the files stay as they were."""
+    fw, _ = done
+    out = copy(done, tmp_path)
+    for folder in ("checkpoint-epoch1", "checkpoint-epoch2"):
+        if damage == "deleted":
+            shutil.rmtree(out / folder)
+            continue
+        big = max((out / folder).iterdir(), key=lambda p: p.stat().st_size)
+        big.write_bytes(big.read_bytes()[:big.stat().st_size // 2])
+    before = snapshot(out)
+    line = refused(train(fw, out, "--epochs", "2", "--max-steps", "2", "--resume"))
+    assert "cannot be read" in line and "checkpoint-epoch2" in line and "--overwrite starts afresh" in line
+    assert snapshot(out) == before
+
+
+# ---------------------------------------------------------------------------- Ctrl-C
+
+def test_ctrl_c_stops_with_one_line_and_keeps_the_checkpoint(done, tmp_path):
+    """SIGINT soon after the first epoch's line (during its checkpoint or the next epoch's steps):
+    exit code 130, where it stopped, metrics.json says 'interrupted', epoch 1's checkpoint whole."""
+    fw, _ = done
+    out = tmp_path / "run"
+    p = start(fw, out, "--epochs", "2", "--max-steps", "40")
+    for line in p.stdout:
+        if line.startswith("epoch 1/2:"):
+            break
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    line = refused(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr), code=130)
+    assert "interrupted during" in line and "the last checkpoint (epoch 1) is intact; --resume continues" in line
+    import json
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "interrupted" and m["message"].startswith("interrupted during") and len(m["epochs"]) >= 1
+    assert json.loads((out / "checkpoint.json").read_text())["epoch"] == 1
+    assert not list(out.glob(".checkpoint-*")) and not (out / ".lock").exists()
+
+
+# ---------------------------------------------------------------------------- an unusable --out
+
+@pytest.mark.parametrize("fw,where,says", [
+    ("torch", "a file", "is a file, not a folder"),
+    ("gluon", "/proc/vgg-run", "cannot make this folder"),
+    ("flax", "/sys/vgg-run", "cannot make this folder"),
+    ("torch", "under a file", "cannot make this folder (Not a directory"),
+])
+def test_unusable_out_is_refused_before_any_work(fw, where, says, tmp_path):
+    (tmp_path / "f").write_text("kept")
+    out = {"a file": tmp_path / "f", "under a file": tmp_path / "f" / "run"}.get(where, where)
+    line = refused(train(fw, out, "--epochs", "1", "--max-steps", "2"))
+    assert f"--out {out}" in line and says in line
+    assert (tmp_path / "f").read_text() == "kept"
+
+
+def test_read_only_out_is_refused(tmp_path, monkeypatch):
+    """A read-only file system (statvfs's ST_RDONLY; as root, /proc and /sys are the read-only
+    places a test can reach, and they refuse at mkdir): the check's own branch."""
+    from common import training
+    real = os.statvfs
+    monkeypatch.setattr(os, "statvfs", lambda p: type("V", (), {"f_flag": real(p).f_flag | os.ST_RDONLY})())
+    with pytest.raises(training.RunError, match="is on a read-only file system"):
+        training.check_out(tmp_path)
+
+
+# ---------------------------------------------------------------------------- SIGKILL, then --resume
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_killed_runs_resume_to_the_same_weights(fw, tmp_path):
+    """Two SIGKILLs (one at a random moment, one in the middle of a checkpoint's
+    temp folder); each run resumed ends with the uninterrupted run's model.safetensors, bit for bit.
+    The long version: python -m benchmarks.kill_resume --tries 10."""
+    from benchmarks import kill_resume
+    report = kill_resume.run([fw], tries=2, steps=4, folder=tmp_path, log=lambda *a: None)
+    rows = report["frameworks"][fw]["tries"]
+    assert all(r["ok"] for r in rows), rows
