@@ -98,6 +98,7 @@ class TrainConfig:
     resume: bool
     overwrite: bool
     compile: bool
+    cpu_workarounds: bool
     progress: bool | None
 
     @classmethod
