@@ -3,6 +3,7 @@ the peers a user would pick instead (torchvision's VGG, the Gluon model zoo's VG
 same loop, against the machine's matrix-multiply rate:
 
     python -m benchmarks.throughput [--sizes 32 96 224] [--device cpu|gpu] [--precision float32|bfloat16|float16]
+                                    [--extra NAME=PYTHON:FRAMEWORK ...]
 
 For each image size and framework, in a process of its own (benchmarks/workers.py):
   compute     synthetic batches already on the device: the framework's ceiling
@@ -10,6 +11,8 @@ For each image size and framework, in a process of its own (benchmarks/workers.p
 for training (the project's train_step: forward, backward, SGD update) and inference (predict).
 examples/s are timed steps x batch / their wall time, after warm-up steps; the first step
 (compilation, graph building, allocation) is reported apart. Training FLOPs are 3 x the forward's.
+--extra measures a framework once more under another interpreter (another virtual environment,
+hence other library versions), as a row of its own named NAME, e.g. two JAX/Flax releases in one run.
 """
 from __future__ import annotations
 
@@ -79,13 +82,33 @@ def parse_args(argv=None):
                    help="Flax: device_put the model and optimiser state on the device before the first step")
     add_cpu_workarounds_arg(g)
     g.add_argument("--env", action="append", default=[], metavar="[FRAMEWORK:]KEY=VALUE",
-                   help="environment for the workers (all, or one framework's), e.g. "
+                   help="environment for the workers (all, or one framework's, or one --extra NAME's), e.g. "
                         "--env vgg_flax:XLA_FLAGS=--xla_cpu_use_thunk_runtime=false; repeatable")
+    g.add_argument("--extra", action="append", default=[], metavar="NAME=PYTHON:FRAMEWORK",
+                   help="also measure FRAMEWORK (one of --frameworks' choices) with the interpreter PYTHON (e.g. "
+                        "another virtual environment's bin/python, with other library versions), reported as the row "
+                        "NAME, after the --frameworks rows; e.g. --extra flax_old=/path/to/old/.venv/bin/python:flax. "
+                        "It runs this checkout's code; its row does not count as the fastest. Repeatable")
     args = p.parse_args(argv)
     args.frameworks = list(dict.fromkeys(ALIASES.get(f, f) for f in args.frameworks))
     unknown = [f for f in args.frameworks if f not in OURS + PEERS]
     if unknown:
         fail(f"--frameworks: unknown {', '.join(unknown)}; choose from {', '.join(OURS + PEERS)}")
+    # (row name, framework, interpreter) of every measurement of a sweep
+    args.runs = [(fw, fw, sys.executable) for fw in args.frameworks]
+    for item in args.extra:
+        name, eq, rest = item.partition("=")
+        python, colon, fw = rest.rpartition(":")
+        fw = ALIASES.get(fw, fw)
+        if not (eq and colon and name and python and fw):
+            fail(f"--extra {item!r}: write NAME=PYTHON:FRAMEWORK, e.g. flax_old=/path/to/.venv/bin/python:flax")
+        if fw not in OURS + PEERS:
+            fail(f"--extra {item!r}: unknown framework {fw!r}; choose from {', '.join(OURS + PEERS)}")
+        if name in OURS + PEERS or name in ALIASES or name in (r[0] for r in args.runs):
+            fail(f"--extra {item!r}: the name {name!r} is taken; give the row another name")
+        if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+            fail(f"--extra {item!r}: no interpreter at {python}; give the path of a Python executable")
+        args.runs.append((name, fw, python))
     for name, v in (("--batch-size", args.batch_size), ("--warmup", args.warmup), ("--seconds", args.seconds),
                     ("--rounds", args.rounds), ("--repeat", args.repeat)):
         if v <= 0:
@@ -99,7 +122,8 @@ def parse_args(argv=None):
         fail(str(e).replace("image_size", "--sizes"))
     args.env_by = {}
     for item in args.env:
-        target, _, kv = item.partition(":") if item.split(":", 1)[0] in OURS + PEERS else ("*", "", item)
+        names = OURS + PEERS + tuple(r[0] for r in args.runs)
+        target, _, kv = item.partition(":") if item.split(":", 1)[0] in names else ("*", "", item)
         key, eq, value = kv.partition("=")
         if not eq or not key:
             fail(f"--env {item!r}: write KEY=VALUE or FRAMEWORK:KEY=VALUE")
@@ -107,14 +131,14 @@ def parse_args(argv=None):
     return args
 
 
-def run_worker(cfg: dict, env: dict, timeout: float) -> dict:
-    """Measure one (framework, size) in a fresh interpreter; a crash becomes a 'failed' row."""
+def run_worker(cfg: dict, env: dict, timeout: float, python: str = sys.executable) -> dict:
+    """Measure one (framework, size) in a fresh interpreter (`python`); a crash becomes a 'failed' row."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path, result_path = Path(tmp, "config.json"), Path(tmp, "result.json")
         cfg_path.write_text(json.dumps(cfg))
         load = os.getloadavg()[0]
         try:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.workers", str(cfg_path), str(result_path),
+            proc = subprocess.run([python, "-m", "benchmarks.workers", str(cfg_path), str(result_path),
                                    *([PACKAGES[cfg["framework"]]] if cfg["framework"] in PACKAGES else [])],
                                   cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
             tail, code = (proc.stderr or proc.stdout).strip().splitlines()[-3:], proc.returncode
@@ -202,6 +226,10 @@ def report(result: dict) -> str:
              "only (within each sample, where they alternate; averaged over samples); x mm: achieved GFLOP/s against "
              "the matmul rate; warm-up s: train/infer warm-up time beyond steady state (compilation, graph building, "
              "allocation); load: 1-minute load average before"]
+    if cfg.get("extra"):  # rows measured under other interpreters: which library versions each row ran
+        seen = {r["framework"]: r for r in rows if r["status"] == "ok"}
+        lines += [f"{name}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+                  + (f" ({r['python']})" if "python" in r else "") for name, r in seen.items()]
     for name, g in gs.items():
         state = {True: "holds", False: "FAILS", None: "not measured"}[g["holds"]]
         vals = ", ".join(f"{k} {v:.2f}" for k, v in g["values"].items())
@@ -265,6 +293,7 @@ def main(argv=None):
             "torch_memory_format": args.torch_memory_format, "torch_compile": args.torch_compile,
             "gluon_hybridize": args.gluon_hybridize, "flax_donate": args.flax_donate,
             "flax_place_state": args.flax_place_state, "cpu_workarounds": args.cpu_workarounds}
+    extras = {name: {"framework": fw, "python": python} for name, fw, python in args.runs[len(args.frameworks):]}
     started = time.time()
 
     def measure_matmul():
@@ -281,21 +310,23 @@ def main(argv=None):
     for rep in range(args.repeat):
         matmuls.append(measure_matmul())  # it varies with the load too: the best sweep's is kept
         for size in args.sizes:
-            for fw in args.frameworks:
-                print(f"{size} px {fw}{f' ({rep + 1}/{args.repeat})' if args.repeat > 1 else ''}...", end=" ", flush=True)
-                env = {**args.env_by.get("*", {}), **args.env_by.get(fw, {})}
-                r = run_worker({**base, "framework": fw, "size": size}, env, args.timeout)
+            for name, fw, python in args.runs:
+                print(f"{size} px {name}{f' ({rep + 1}/{args.repeat})' if args.repeat > 1 else ''}...", end=" ", flush=True)
+                env = {**args.env_by.get("*", {}), **args.env_by.get(fw, {}), **args.env_by.get(name, {})}
+                r = run_worker({**base, "framework": fw, "size": size}, env, args.timeout, python)
+                if name != fw:
+                    r.update(framework=name, measures=fw, python=python)
                 samples.append(r)
                 print(f"train {r['train']['compute']['examples_per_s']:,.0f} ex/s, infer "
                       f"{r['infer']['compute']['examples_per_s']:,.0f} ex/s" if r["status"] == "ok"
                       else f"{r['status']}: {r['message']}", flush=True)
     rows = [best_of([r for r in samples if r["framework"] == fw and r["size"] == size])
-            for size in args.sizes for fw in args.frameworks]
+            for size in args.sizes for fw in [r[0] for r in args.runs]]
 
     result = {
         "benchmark": "throughput", "command": "python -m benchmarks.throughput " + " ".join(argv or sys.argv[1:]),
         "config": {k: v for k, v in base.items() if k != "data_dir"} | {"sizes": args.sizes, "frameworks": args.frameworks, "repeat": args.repeat,
-                                                                      "env": args.env_by},
+                                                                      "env": args.env_by, "extra": extras},
         "dataset": {"source": source, "location": data_dir},
         "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(), "python": platform.python_version(),
                     "platform": platform.platform(), "load_average_start": list(load_start),

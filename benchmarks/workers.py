@@ -433,7 +433,7 @@ def measure(cfg: dict) -> dict:
     return {"framework": framework, "size": size, "status": "ok", "model": spec.name,
             "parameters": r.parameters, "forward_flops": fwd, "train_flops": 3 * fwd,
             "build_s": build_s, "rss_after_build_mb": rss_built, "peak_rss_mb": _rss_mb(), **r.memory(),
-            "versions": r.versions, "threads": r.threads, **out}
+            "versions": {**r.versions, "numpy": np.__version__}, "threads": r.threads, **out}
 
 
 def main(argv=None):

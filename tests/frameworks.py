@@ -180,7 +180,7 @@ class Flax:
 
     def params(self, arch, **kw):
         state = self.nnx.state(self.m.vgg(arch, **kw), (self.nnx.Param, self.nnx.BatchStat))
-        return {".".join(map(str, k)): np.asarray(v.value) for k, v in self.nnx.to_flat_state(state)}
+        return {".".join(map(str, k)): np.asarray(v[...]) for k, v in self.nnx.to_flat_state(state)}
 
     def build(self, spec):
         return self.m.vgg(spec)

@@ -31,20 +31,24 @@ def bench(*argv, out):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "throughput.json"
-    proc = bench(*TINY, out=out)
+    tmp = tmp_path_factory.mktemp("bench")
+    out, calls, wrapper = tmp / "throughput.json", tmp / "calls.txt", tmp / "other-python"
+    # --extra's interpreter: this one behind a script that writes down each call it gets
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    proc = bench(*TINY, "--extra", f"flax_other={wrapper}:flax", out=out)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(out.read_text()), proc.stdout
+    return json.loads(out.read_text()), proc.stdout, calls.read_text(), str(wrapper)
 
 
 def test_every_framework_and_peer_is_measured(report):
-    result, stdout = report
+    result, stdout = report[:2]
     assert result["benchmark"] == "throughput"
     assert {"cpus", "load_average_start", "load_average_end"} <= set(result["machine"])
     assert result["config"]["sizes"] == [32] and result["config"]["frameworks"] == FRAMEWORKS
     assert result["matmul"]["float32_gflops"] > 0
     rows = {r["framework"]: r for r in result["results"]}
-    assert sorted(rows) == sorted(FRAMEWORKS)
+    assert sorted(rows) == sorted(FRAMEWORKS + ["flax_other"])
     for fw, r in rows.items():
         assert r["status"] == "ok", (fw, r.get("message"))
         assert r["size"] == 32 and r["peak_rss_mb"] > 0
@@ -54,6 +58,29 @@ def test_every_framework_and_peer_is_measured(report):
                 assert m["steps"] == 2 and m["examples_per_s"] > 0 and m["first_step_s"] > 0, (fw, phase, mode)
                 assert m["examples_per_s"] == pytest.approx(32 * m["steps"] / m["seconds"])
         assert fw in stdout
+
+
+def test_extra_runs_a_framework_under_another_interpreter(report):
+    """--extra NAME=PYTHON:FRAMEWORK: the worker was started by that interpreter (its calls were
+    written down), with that framework; the row is named NAME and is not one of the three."""
+    result, stdout, calls, wrapper = report
+    row = next(r for r in result["results"] if r["framework"] == "flax_other")
+    assert row["measures"] == "vgg_flax" and row["python"] == wrapper
+    assert row["versions"] == next(r for r in result["results"] if r["framework"] == "vgg_flax")["versions"]
+    (call,) = calls.splitlines()  # the one size, once; the matmul and the other rows ran elsewhere
+    assert "benchmarks.workers" in call and call.endswith(" vgg_flax")
+    assert result["config"]["extra"] == {"flax_other": {"framework": "vgg_flax", "python": wrapper}}
+    assert "flax_other: flax " in stdout
+
+
+@pytest.mark.parametrize("extra,message", [("flax_old=/no/such/python:flax", "no interpreter at /no/such/python"),
+                                           ("flax_old=" + sys.executable + ":keras", "unknown framework 'keras'"),
+                                           ("vgg_torch=" + sys.executable + ":flax", "the name 'vgg_torch' is taken"),
+                                           ("flax_old", "write NAME=PYTHON:FRAMEWORK")])
+def test_extra_mistakes_fail_with_a_message(tmp_path, extra, message):
+    proc = bench(*TINY, "--extra", extra, out=tmp_path / "x.json")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x.json").exists()
 
 
 def test_peers_compute_the_same_network(report):

@@ -186,11 +186,11 @@ def apply_updates(fw, optimizer, w0, grads, lr, momentum):
     import jax
     from flax import nnx
     model = nnx.Linear(1, len(w0), use_bias=False, rngs=nnx.Rngs(0))
-    model.kernel.value = jax.numpy.asarray(w0.reshape(1, -1))
+    model.kernel[...] = jax.numpy.asarray(w0.reshape(1, -1))
     opt = make_optimizer(model, args)
     for g in grads:
         opt.update(model, jax.tree.map(lambda _: jax.numpy.asarray(g.reshape(1, -1)), nnx.state(model, nnx.Param)))
-    return np.asarray(model.kernel.value).ravel()
+    return np.asarray(model.kernel[...]).ravel()
 
 
 @pytest.mark.parametrize("optimizer,lr,momentum", [("sgd", 0.1, 0.9), ("sgd", 0.05, 0.0), ("adam", 1e-3, 0.0)])

@@ -275,8 +275,9 @@ class Source:
 
 
 def read_sources(root: Path) -> dict[str, str]:
-    """The text of every file PIECES cuts from, plus the notes and the README."""
-    paths = {f"{pkg}/{p.module}.py" for _, pkg in FRAMEWORKS.values() for p in PIECES} | {NOTES, README, "pyproject.toml"}
+    """The text of every file PIECES cuts from, plus the notes, the README and the pins."""
+    paths = {f"{pkg}/{p.module}.py" for _, pkg in FRAMEWORKS.values() for p in PIECES} | {NOTES, README, "pyproject.toml",
+                                                                                         "Makefile"}
     out = {}
     for rel in sorted(paths):
         try:
@@ -338,9 +339,10 @@ def github_slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
 
 
-def pinned_versions(pyproject: str) -> str:
-    """The framework pins from pyproject.toml: they change only when the pins do."""
-    pins = dict(re.findall(r'"(torch|mxnet|flax|jax)==([\w.]+)"', pyproject))
+def pinned_versions(pins_text: str) -> str:
+    """The framework pins from pyproject.toml and the Makefile (which installs MXNet on its own):
+    they change only when the pins do."""
+    pins = dict(re.findall(r"\b(torch|mxnet|flax|jax)==([\w.]+)", pins_text))
     return f"PyTorch {pins.get('torch', '?')}, MXNet {pins.get('mxnet', '?')}, Flax {pins.get('flax', '?')} " \
            f"(JAX {pins.get('jax', '?')})"
 
@@ -503,7 +505,7 @@ def generate(sources: dict[str, str]) -> dict[str, str]:
     """{relative path: the text it should hold}, from the sources' text alone."""
     pieces = cut_pieces(sources)
     notes = read_notes(sources[NOTES])
-    versions = pinned_versions(sources["pyproject.toml"])
+    versions = pinned_versions(sources["pyproject.toml"] + sources["Makefile"])
     return {
         MD: render_markdown(pieces, notes, versions),
         HTML: render_html(pieces, notes, versions),

@@ -49,7 +49,7 @@ def _flax_one(name: str, x: np.ndarray, spec) -> tuple[tuple[str, ...], np.ndarr
 
 def _canonical_from_state(state: nnx.State, spec) -> dict[str, np.ndarray]:
     """Canonical tensors of any State shaped like the model's (its parameters, or their gradients)."""
-    out = dict(_canonical_one(path, np.asarray(v.value if hasattr(v, "value") else v, np.float32), spec)
+    out = dict(_canonical_one(path, np.asarray(v[...], np.float32), spec)
                for path, v in nnx.to_flat_state(state))
     return {k: out[k] for k in expected_canonical(spec) if k in out}  # network order
 
