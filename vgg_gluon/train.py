@@ -132,7 +132,7 @@ def load_checkpoint(folder, net, trainer) -> int:
                                       "refused unread (unpickling it could run code). Resume only from checkpoints "
                                       "you wrote, or start afresh with another --out") from None
         # what save_states writes: ({parameter index: state}, the optimiser), for this trainer's optimiser
-        indices = set(range(len(net.collect_params())))
+        indices = set(range(len(list(net.collect_params().keys()))))  # ParameterDict has no len()
         if not (isinstance(states, tuple) and len(states) == 2 and isinstance(states[0], dict)
                 and type(states[1]) is type(trainer.optimizer) and set(states[0]) <= indices):
             raise CheckpointError(f"{path} is not a checkpoint this project wrote for this run: it holds no "
