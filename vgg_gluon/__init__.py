@@ -1,4 +1,6 @@
 """VGG in MXNet Gluon."""
+import warnings
+
 import numpy as np
 
 # MXNet 1.9.1, the last release, was written for NumPy 1.x: it uses a few names that NumPy
@@ -34,7 +36,10 @@ for _name, _value in (
     ("product", np.prod),
     *((_fin, None) for _fin in ("mirr", "npv", "pmt", "ppmt", "pv", "rate")),  # NEP 32 stubs (1.20-1.26), same file
 ):
-    if not hasattr(np, _name):
+    with warnings.catch_warnings():  # NumPy 1.26 warns when asked whether `np.bool` exists
+        warnings.simplefilter("ignore", FutureWarning)
+        missing = not hasattr(np, _name)
+    if missing:
         setattr(np, _name, _value if _value is not None else _removed(_name))
 
 # MXNet gives each operator half the cores by default; use all of them unless the user set
