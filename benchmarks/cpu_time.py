@@ -14,6 +14,7 @@ Flax variants: `default` (what the train script does on a CPU), `none` (--no-cpu
 NAME=VALUE[,NAME=VALUE...], which sets vgg_flax.xla_cpu.NAME (ONE_CHANNEL, KERNEL_GRAD_SLICE,
 IN_FLOAT32) to the Python value, to measure one workaround against the others.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,13 @@ from common.cli import fail
 from common.training import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1",
-              "MXNET_ENGINE_TYPE": "NaiveEngine",
-              "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+ONE_THREAD = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "MXNET_CPU_WORKER_NTHREADS": "1",
+    "MXNET_ENGINE_TYPE": "NaiveEngine",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+}
 
 
 def measure(fw: str, size: int, precision: str, variant: str, steps: int) -> dict:
@@ -39,12 +44,24 @@ def measure(fw: str, size: int, precision: str, variant: str, steps: int) -> dic
 
     from benchmarks import workers
     from common.training import keep_freed_memory
+
     keep_freed_memory()
-    cfg = dict(arch="vgg11", width_ratio=4, batch_size=128, precision=precision, device="cpu",
-               torch_memory_format="channels_last", torch_compile=False, gluon_hybridize="static",
-               flax_donate=False, flax_place_state=False, cpu_workarounds=variant != "none")
+    cfg = dict(
+        arch="vgg11",
+        width_ratio=4,
+        batch_size=128,
+        precision=precision,
+        device="cpu",
+        torch_memory_format="channels_last",
+        torch_compile=False,
+        gluon_hybridize="static",
+        flax_donate=False,
+        flax_place_state=False,
+        cpu_workarounds=variant != "none",
+    )
     if fw == "vgg_flax" and "=" in variant:
         import vgg_flax.xla_cpu as xla_cpu
+
         for item in variant.split(","):
             name, value = item.split("=", 1)
             if not hasattr(xla_cpu, name):
@@ -62,13 +79,22 @@ def measure(fw: str, size: int, precision: str, variant: str, steps: int) -> dic
         t = time.process_time()
         r.wait(r.train_step(xd, yd))
         times.append(time.process_time() - t)
-    return {"framework": fw, "variant": variant, "size": size, "precision": precision,
-            "cpu_ms_min": min(times) * 1e3, "cpu_ms_median": sorted(times)[len(times) // 2] * 1e3}
+    return {
+        "framework": fw,
+        "variant": variant,
+        "size": size,
+        "precision": precision,
+        "cpu_ms_min": min(times) * 1e3,
+        "cpu_ms_median": sorted(times)[len(times) // 2] * 1e3,
+    }
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.cpu_time", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.cpu_time",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--frameworks", nargs="+", default=["vgg_torch", "vgg_gluon", "vgg_flax"])
@@ -84,19 +110,43 @@ def main(argv=None):
     rows = []
     for _ in range(args.repeat):
         for fw in args.frameworks:
-            for variant in (args.flax_variant if fw == "vgg_flax" else ["default"]):
-                proc = subprocess.run([sys.executable, "-m", "benchmarks.cpu_time", f"--size={args.size}",
-                                       f"--precision={args.precision}", f"--steps={args.steps}", "--worker", fw, variant],
-                                      cwd=ROOT, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True)
+            for variant in args.flax_variant if fw == "vgg_flax" else ["default"]:
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.cpu_time",
+                        f"--size={args.size}",
+                        f"--precision={args.precision}",
+                        f"--steps={args.steps}",
+                        "--worker",
+                        fw,
+                        variant,
+                    ],
+                    cwd=ROOT,
+                    env={**os.environ, **ONE_THREAD},
+                    capture_output=True,
+                    text=True,
+                )
                 if proc.returncode:
                     fail(f"{fw} {variant}: {(proc.stderr or proc.stdout).strip().splitlines()[-1]}")
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
                 row["load_average"] = os.getloadavg()[0]
-                print(f"{fw:10} {variant:24} {args.size} px {args.precision}: {row['cpu_ms_min']:7.0f} ms CPU per step "
-                      f"(median {row['cpu_ms_median']:.0f})", flush=True)
+                print(
+                    f"{fw:10} {variant:24} {args.size} px {args.precision}: {row['cpu_ms_min']:7.0f} ms CPU per step "
+                    f"(median {row['cpu_ms_median']:.0f})",
+                    flush=True,
+                )
                 rows.append(row)
-    write_json(Path(args.out), {"benchmark": "cpu_time", "command": "python -m benchmarks.cpu_time " + " ".join(argv or sys.argv[1:]),
-                                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": rows})
+    write_json(
+        Path(args.out),
+        {
+            "benchmark": "cpu_time",
+            "command": "python -m benchmarks.cpu_time " + " ".join(argv or sys.argv[1:]),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "results": rows,
+        },
+    )
     print(f"wrote {args.out}")
 
 

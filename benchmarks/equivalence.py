@@ -10,22 +10,33 @@ The canonical tensors go into Gluon and Flax through their converters. Each fram
 first --images test images in inference mode, float32; PyTorch in float64 is the reference.
 Prints a Markdown table and writes JSON (atomically) to --out.
 """
-import argparse, itertools, json, os, platform, sys, time
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import sys
+import time
 from pathlib import Path
 
-import numpy as np
-
 import vgg_gluon.model  # noqa: F401  (before mxnet: restores np.bool)
-import mxnet as mx
+import vgg_gluon.weights
+
 import jax
+import mxnet as mx
+import numpy as np
 import torch
 from flax import nnx
 
+import vgg_flax.model
+import vgg_flax.weights
+import vgg_torch.model
+import vgg_torch.weights
 from common.arch import make_spec
 from common.data import DataError, Loader, load_fashion_mnist
 from common.files import write_atomic
 from common.weights import WeightsError, read_spec
-import vgg_flax.model, vgg_flax.weights, vgg_gluon.weights, vgg_torch.model, vgg_torch.weights
 
 
 def torch_weights(spec, train_images):
@@ -37,7 +48,9 @@ def torch_weights(spec, train_images):
             m.momentum = None  # cumulative average over the batches below
         net.train()
         with torch.no_grad():
-            for x, _ in itertools.islice(Loader(*train_images, batch_size=128, resize=spec.image_size[0], prefetch=0), 8):
+            for x, _ in itertools.islice(
+                Loader(*train_images, batch_size=128, resize=spec.image_size[0], prefetch=0), 8
+            ):
                 net(torch.from_numpy(x))
         for m in bns:
             m.momentum = 0.1
@@ -60,9 +73,12 @@ def logits(spec, tensors, x):
 
 
 def compare(a, b):
-    return {"max_abs_diff": float(np.abs(a - b).max()), "max_abs_logit": float(np.abs(b).max()),
-            "relative": float(np.abs(a - b).max() / np.abs(b).max()),
-            "argmax_disagreements": int((a.argmax(1) != b.argmax(1)).sum())}
+    return {
+        "max_abs_diff": float(np.abs(a - b).max()),
+        "max_abs_logit": float(np.abs(b).max()),
+        "relative": float(np.abs(a - b).max() / np.abs(b).max()),
+        "argmax_disagreements": int((a.argmax(1) != b.argmax(1)).sum()),
+    }
 
 
 def main(argv=None):
@@ -92,28 +108,48 @@ def main(argv=None):
         spec = make_spec(arch, width_ratio=args.width_ratio, image_size=args.image_size)
         models.append((spec.name, spec, torch_weights(spec, (data.train_images, data.train_labels))))
     print(f"{data.describe()}; the first {args.images} test images")
-    print(f"torch {torch.__version__}, MXNet {mx.__version__}, JAX {jax.__version__}, CPU float32 "
-          f"(float64 torch as reference)\n")
+    print(
+        f"torch {torch.__version__}, MXNet {mx.__version__}, JAX {jax.__version__}, CPU float32 "
+        f"(float64 torch as reference)\n"
+    )
     print("| model | px | pair | max abs logit diff | max abs logit | relative | argmax disagreements |")
     print("|---|---|---|---|---|---|---|")
     rows = []
     for label, spec, tensors in models:
-        x, _ = next(iter(Loader(data.test_images[:args.images], data.test_labels[:args.images],
-                                batch_size=args.images, resize=spec.image_size[0], shuffle=False, prefetch=0)))
+        x, _ = next(
+            iter(
+                Loader(
+                    data.test_images[: args.images],
+                    data.test_labels[: args.images],
+                    batch_size=args.images,
+                    resize=spec.image_size[0],
+                    shuffle=False,
+                    prefetch=0,
+                )
+            )
+        )
         out, reference = logits(spec, tensors, x)
         pairs = [(a, b, out[a], out[b]) for a, b in itertools.combinations(out, 2)]
         pairs += [(a, "torch float64", out[a], reference) for a in out]
         for a, b, va, vb in pairs:
             r = dict(model=label, image_size=spec.image_size[0], pair=f"{a} vs {b}", **compare(va, vb))
             rows.append(r)
-            print(f"| {r['model']} | {r['image_size']} | {r['pair']} | "
-                  f"{r['max_abs_diff']:.2e} | {r['max_abs_logit']:.3g} | "
-                  f"{r['relative']:.1e} | {r['argmax_disagreements']} / {len(x)} |")
-    result = {"benchmark": "equivalence", "dataset": {"source": data.source, "location": data.location},
-              "images": args.images,
-              "versions": {"torch": torch.__version__, "mxnet": mx.__version__, "jax": jax.__version__},
-              "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": rows}
+            print(
+                f"| {r['model']} | {r['image_size']} | {r['pair']} | "
+                f"{r['max_abs_diff']:.2e} | {r['max_abs_logit']:.3g} | "
+                f"{r['relative']:.1e} | {r['argmax_disagreements']} / {len(x)} |"
+            )
+    result = {
+        "benchmark": "equivalence",
+        "dataset": {"source": data.source, "location": data.location},
+        "images": args.images,
+        "versions": {"torch": torch.__version__, "mxnet": mx.__version__, "jax": jax.__version__},
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "results": rows,
+    }
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out_path, json.dumps(result, indent=2) + "\n")

@@ -11,6 +11,7 @@ files, the checkpoint pointed to, the epochs metrics.json records) is recorded w
 model: VGG-11/8 at 32 px, 2 epochs of --max-steps steps, the bundled sample. Writes a JSON report
 (--report).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,42 @@ MODES = ("uniform", "checkpoint", "uniform", "weights")  # where the kills fall,
 
 
 def flags(steps: int) -> list[str]:
-    return ["--width-ratio", "8", "--scale-classifier", "--resize", "32", "--data-dir", str(ROOT / "common" / "data"),
-            "--batch-size", "32", "--max-steps", str(steps), "--epochs", "2", "--optimizer", "sgd", "--momentum", "0.9",
-            "--lr", "0.01", "--normalize", "--no-progress"]  # dropout on: its RNG must resume too
+    return [
+        "--width-ratio",
+        "8",
+        "--scale-classifier",
+        "--resize",
+        "32",
+        "--data-dir",
+        str(ROOT / "common" / "data"),
+        "--batch-size",
+        "32",
+        "--max-steps",
+        str(steps),
+        "--epochs",
+        "2",
+        "--optimizer",
+        "sgd",
+        "--momentum",
+        "0.9",
+        "--lr",
+        "0.01",
+        "--normalize",
+        "--no-progress",
+    ]  # dropout on: its RNG must resume too
 
 
 def start(fw: str, out: Path, argv: list[str]) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
-    return subprocess.Popen([sys.executable, "-m", f"vgg_{fw}.train", *argv, "--out", str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    return subprocess.Popen(
+        [sys.executable, "-m", f"vgg_{fw}.train", *argv, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
 
 
 def finish(p: subprocess.Popen, what: str) -> str:
@@ -61,8 +89,11 @@ def pointed(out: Path) -> int:
 
 def left_behind(out: Path) -> dict:
     """What a killed run left: the checkpoint pointed to, the epochs metrics.json records, temp files."""
-    state = {"pointer": None, "metrics_epochs": None,
-             "temp": sorted(p.name for p in out.glob(".*") if p.name != ".lock") if out.is_dir() else []}
+    state = {
+        "pointer": None,
+        "metrics_epochs": None,
+        "temp": sorted(p.name for p in out.glob(".*") if p.name != ".lock") if out.is_dir() else [],
+    }
     try:
         state["pointer"] = json.loads((out / "checkpoint.json").read_text())["epoch"]
     except FileNotFoundError:
@@ -72,7 +103,8 @@ def left_behind(out: Path) -> dict:
     except FileNotFoundError:
         pass
     state["during_checkpoint_write"] = bool(state["temp"]) or (
-        state["metrics_epochs"] is not None and state["metrics_epochs"] != (state["pointer"] or 0))
+        state["metrics_epochs"] is not None and state["metrics_epochs"] != (state["pointer"] or 0)
+    )
     return state
 
 
@@ -107,15 +139,24 @@ def trial(fw: str, folder: Path, argv: list[str], reference: Path, seconds: floa
     if killed:
         p.send_signal(signal.SIGKILL)
     p.communicate()
-    row = {"mode": mode, "kill": at, "seconds": round(time.perf_counter() - t0, 2), "killed": killed,
-           **left_behind(out)}
+    row = {
+        "mode": mode,
+        "kill": at,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "killed": killed,
+        **left_behind(out),
+    }
     resume = ["--resume"] if row["pointer"] is not None else []
     finish(start(fw, out, argv + resume), f"{fw}: {'--resume' if resume else 'a fresh start'} after a kill {at}")
     row["resumed"] = bool(resume)
     row["differing_tensors"] = differing(reference, out / "model.safetensors")
     m = json.loads((out / "metrics.json").read_text())
-    row["ok"] = not row["differing_tensors"] and m["status"] == "finished" and len(m["epochs"]) == 2 and not [
-        p.name for p in out.glob(".*")]
+    row["ok"] = (
+        not row["differing_tensors"]
+        and m["status"] == "finished"
+        and len(m["epochs"]) == 2
+        and not [p.name for p in out.glob(".*")]
+    )
     return row
 
 
@@ -133,13 +174,18 @@ def run(frameworks, tries: int, steps: int, seed: int = 0, folder: Path | None =
         for i in range(tries):
             row = trial(fw, folder / fw, argv, ref / "model.safetensors", seconds, MODES[i % len(MODES)], rng)
             rows.append(row)
-            log(f"{fw} try {i + 1}/{tries}: {'killed' if row['killed'] else 'ended before the kill'} {row['kill']} "
+            log(
+                f"{fw} try {i + 1}/{tries}: {'killed' if row['killed'] else 'ended before the kill'} {row['kill']} "
                 f"(pointer {row['pointer']}, metrics epochs {row['metrics_epochs']}, temp {row['temp']}); "
                 f"{'resumed' if row['resumed'] else 'started again'}: "
-                f"{'same weights' if row['ok'] else 'FAILED ' + str(row['differing_tensors'])}")
-        report["frameworks"][fw] = {"uninterrupted_seconds": round(seconds, 1), "tries": rows,
-                                    "failures": sum(not r["ok"] for r in rows),
-                                    "during_checkpoint_write": sum(r["during_checkpoint_write"] for r in rows)}
+                f"{'same weights' if row['ok'] else 'FAILED ' + str(row['differing_tensors'])}"
+            )
+        report["frameworks"][fw] = {
+            "uninterrupted_seconds": round(seconds, 1),
+            "tries": rows,
+            "failures": sum(not r["ok"] for r in rows),
+            "during_checkpoint_write": sum(r["during_checkpoint_write"] for r in rows),
+        }
     return report
 
 
@@ -157,8 +203,10 @@ def main(argv=None):
     Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
     failures = sum(f["failures"] for f in report["frameworks"].values())
     for fw, f in report["frameworks"].items():
-        print(f"{fw}: {len(f['tries'])} kills, {f['during_checkpoint_write']} during a checkpoint write, "
-              f"{f['failures']} failures")
+        print(
+            f"{fw}: {len(f['tries'])} kills, {f['during_checkpoint_write']} during a checkpoint write, "
+            f"{f['failures']} failures"
+        )
     print(f"wrote {args.report}")
     raise SystemExit(1 if failures else 0)
 

@@ -14,6 +14,7 @@ examples/s are timed steps x batch / their wall time, after warm-up steps; the f
 --extra measures a framework once more under another interpreter (another virtual environment,
 hence other library versions), as a row of its own named NAME, e.g. two JAX/Flax releases in one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,54 +42,105 @@ GOALS = {"vs_fastest": 0.8, "vs_torchvision": 1.0, "end_to_end": 0.95, "matmul_2
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="vgg11", type=parse_arch, help="a table name or d2l's conv_arch tuples (default vgg11)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.throughput",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--arch", default="vgg11", type=parse_arch, help="a table name or d2l's conv_arch tuples (default vgg11)"
+    )
     p.add_argument("--width-ratio", type=int, default=4, help="divide every block's channels by this (default 4)")
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 96, 224], help="image sizes (default 32 96 224)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="float32, or mixed precision: torch autocast, MXNet AMP (bfloat16 on CPU, float16 on GPU), "
-                        "Flax layers' computation dtype (parameters stay float32)")
+    p.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="float32, or mixed precision: torch autocast, MXNet AMP (bfloat16 on CPU, float16 on GPU), "
+        "Flax layers' computation dtype (parameters stay float32)",
+    )
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--frameworks", nargs="+", default=[*OURS, *PEERS],
-                   help=f"any of {', '.join(OURS + PEERS)} (default: all)")
-    p.add_argument("--steps", type=int, default=0,
-                   help="timed steps per measurement; 0 (default): as many as fit in --seconds (at least one a round)")
+    p.add_argument(
+        "--frameworks", nargs="+", default=[*OURS, *PEERS], help=f"any of {', '.join(OURS + PEERS)} (default: all)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="timed steps per measurement; 0 (default): as many as fit in --seconds (at least one a round)",
+    )
     p.add_argument("--seconds", type=float, default=4.0, help="time per measurement when --steps is 0 (default 4)")
-    p.add_argument("--rounds", type=int, default=2,
-                   help="compute-only and end-to-end alternate in this many chunks each (default 2)")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="measure everything this many times, one sweep after another, and keep each figure's "
-                        "best (for a shared machine; default 1)")
-    p.add_argument("--warmup", type=int, default=2,
-                   help="untimed steps first (default 2); the first is reported, and their overhead")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="compute-only and end-to-end alternate in this many chunks each (default 2)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure everything this many times, one sweep after another, and keep each figure's "
+        "best (for a shared machine; default 1)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed steps first (default 2); the first is reported, and their overhead",
+    )
     p.add_argument("--data-dir", help="Fashion-MNIST folder (default: as load_fashion_mnist finds it)")
     p.add_argument("--prefetch", type=int, default=2, help="loader batches prepared ahead (default 2, the Loader's)")
     p.add_argument("--matmul-sizes", type=int, nargs="+", default=[2048, 4096])
     p.add_argument("--matmul-repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per worker process")
     p.add_argument("--out", default="benchmarks/results/throughput.json")
-    p.add_argument("--report", metavar="JSON", help="measure nothing: print the table and goals of an earlier run's JSON")
+    p.add_argument(
+        "--report", metavar="JSON", help="measure nothing: print the table and goals of an earlier run's JSON"
+    )
     g = p.add_argument_group("options under test (off by default: what the train scripts do)")
-    g.add_argument("--torch-memory-format", choices=("channels_last", "contiguous"), default="channels_last",
-                   help="torch: the model's memory format (vgg_torch.train: channels_last); torchvision's VGG gets the same")
+    g.add_argument(
+        "--torch-memory-format",
+        choices=("channels_last", "contiguous"),
+        default="channels_last",
+        help="torch: the model's memory format (vgg_torch.train: channels_last); torchvision's VGG gets the same",
+    )
     g.add_argument("--torch-compile", action="store_true", help="torch: torch.compile the model")
-    g.add_argument("--gluon-hybridize", choices=("static", "plain", "off"), default="static",
-                   help="Gluon: hybridize(static_alloc=True, static_shape=True) (default, as vgg_gluon.train), "
-                        "plain hybridize(), or imperative")
-    g.add_argument("--flax-donate", action="store_true", help="Flax: donate the model and optimiser state to the jitted step")
-    g.add_argument("--flax-place-state", action="store_true",
-                   help="Flax: device_put the model and optimiser state on the device before the first step")
+    g.add_argument(
+        "--gluon-hybridize",
+        choices=("static", "plain", "off"),
+        default="static",
+        help="Gluon: hybridize(static_alloc=True, static_shape=True) (default, as vgg_gluon.train), "
+        "plain hybridize(), or imperative",
+    )
+    g.add_argument(
+        "--flax-donate", action="store_true", help="Flax: donate the model and optimiser state to the jitted step"
+    )
+    g.add_argument(
+        "--flax-place-state",
+        action="store_true",
+        help="Flax: device_put the model and optimiser state on the device before the first step",
+    )
     add_cpu_workarounds_arg(g)
-    g.add_argument("--env", action="append", default=[], metavar="[FRAMEWORK:]KEY=VALUE",
-                   help="environment for the workers (all, or one framework's, or one --extra NAME's), e.g. "
-                        "--env vgg_flax:XLA_FLAGS=--xla_cpu_use_thunk_runtime=false; repeatable")
-    g.add_argument("--extra", action="append", default=[], metavar="NAME=PYTHON:FRAMEWORK",
-                   help="also measure FRAMEWORK (one of --frameworks' choices) with the interpreter PYTHON (e.g. "
-                        "another virtual environment's bin/python, with other library versions), reported as the row "
-                        "NAME, after the --frameworks rows; e.g. --extra flax_old=/path/to/old/.venv/bin/python:flax. "
-                        "It runs this checkout's code; its row does not count as the fastest. Repeatable")
+    g.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="[FRAMEWORK:]KEY=VALUE",
+        help="environment for the workers (all, or one framework's, or one --extra NAME's), e.g. "
+        "--env vgg_flax:XLA_FLAGS=--xla_cpu_use_thunk_runtime=false; repeatable",
+    )
+    g.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHON:FRAMEWORK",
+        help="also measure FRAMEWORK (one of --frameworks' choices) with the interpreter PYTHON (e.g. "
+        "another virtual environment's bin/python, with other library versions), reported as the row "
+        "NAME, after the --frameworks rows; e.g. --extra flax_old=/path/to/old/.venv/bin/python:flax. "
+        "It runs this checkout's code; its row does not count as the fastest. Repeatable",
+    )
     args = p.parse_args(argv)
     args.frameworks = list(dict.fromkeys(ALIASES.get(f, f) for f in args.frameworks))
     unknown = [f for f in args.frameworks if f not in OURS + PEERS]
@@ -109,8 +161,13 @@ def parse_args(argv=None):
         if not (os.path.isfile(python) and os.access(python, os.X_OK)):
             fail(f"--extra {item!r}: no interpreter at {python}; give the path of a Python executable")
         args.runs.append((name, fw, python))
-    for name, v in (("--batch-size", args.batch_size), ("--warmup", args.warmup), ("--seconds", args.seconds),
-                    ("--rounds", args.rounds), ("--repeat", args.repeat)):
+    for name, v in (
+        ("--batch-size", args.batch_size),
+        ("--warmup", args.warmup),
+        ("--seconds", args.seconds),
+        ("--rounds", args.rounds),
+        ("--repeat", args.repeat),
+    ):
         if v <= 0:
             fail(f"{name} must be positive, got {v}")
     if args.steps < 0 or args.prefetch < 0:
@@ -138,17 +195,33 @@ def run_worker(cfg: dict, env: dict, timeout: float, python: str = sys.executabl
         cfg_path.write_text(json.dumps(cfg))
         load = os.getloadavg()[0]
         try:
-            proc = subprocess.run([python, "-m", "benchmarks.workers", str(cfg_path), str(result_path),
-                                   *([PACKAGES[cfg["framework"]]] if cfg["framework"] in PACKAGES else [])],
-                                  cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(
+                [
+                    python,
+                    "-m",
+                    "benchmarks.workers",
+                    str(cfg_path),
+                    str(result_path),
+                    *([PACKAGES[cfg["framework"]]] if cfg["framework"] in PACKAGES else []),
+                ],
+                cwd=ROOT,
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
             tail, code = (proc.stderr or proc.stdout).strip().splitlines()[-3:], proc.returncode
         except subprocess.TimeoutExpired:
             tail, code = [f"timed out after {timeout:.0f} s (--timeout)"], "timeout"
         if code == 0 and result_path.is_file():
             result = json.loads(result_path.read_text())
         else:
-            result = {"framework": cfg["framework"], "size": cfg.get("size"), "status": "failed",
-                      "message": f"exit {code}: " + " | ".join(tail)}
+            result = {
+                "framework": cfg["framework"],
+                "size": cfg.get("size"),
+                "status": "failed",
+                "message": f"exit {code}: " + " | ".join(tail),
+            }
     result.update(load_before=load, load_after=os.getloadavg()[0], env=env)
     return result
 
@@ -163,8 +236,16 @@ def best_of(samples: list[dict]) -> dict:
     row = json.loads(json.dumps(max(ok, key=lambda r: r["train"]["compute"]["examples_per_s"])))
     row["samples"] = []
     for r in ok:
-        row["samples"].append({"load_before": r["load_before"], **{f"{ph}.{m}": r[ph][m]["examples_per_s"]
-                                                                  for ph in ("train", "infer") for m in ("compute", "end_to_end")}})
+        row["samples"].append(
+            {
+                "load_before": r["load_before"],
+                **{
+                    f"{ph}.{m}": r[ph][m]["examples_per_s"]
+                    for ph in ("train", "infer")
+                    for m in ("compute", "end_to_end")
+                },
+            }
+        )
     for ph in ("train", "infer"):
         for m in ("compute", "end_to_end"):
             row[ph][m]["examples_per_s"] = max(s[f"{ph}.{m}"] for s in row["samples"])
@@ -177,8 +258,10 @@ def ratios(rows: list[dict], matmul: dict) -> list[dict]:
     out = []
     for size in sorted({r["size"] for r in rows}):
         ok = [r for r in rows if r["size"] == size and r["status"] == "ok"]
-        best = {ph: max((r[ph]["compute"]["examples_per_s"] for r in ok if r["framework"] in OURS), default=None)
-                for ph in ("train", "infer")}
+        best = {
+            ph: max((r[ph]["compute"]["examples_per_s"] for r in ok if r["framework"] in OURS), default=None)
+            for ph in ("train", "infer")
+        }
         for r in ok:
             q = {"framework": r["framework"], "size": size}
             for ph, flops in (("train", r["train_flops"]), ("infer", r["forward_flops"])):
@@ -186,15 +269,21 @@ def ratios(rows: list[dict], matmul: dict) -> list[dict]:
                 # within each sample, where the two alternated under the same load; then averaged
                 e2e = sum(x[f"{ph}.end_to_end"] / x[f"{ph}.compute"] for x in r["samples"]) / len(r["samples"])
                 gflops = c * flops / 1e9
-                q.update({f"{ph}_vs_fastest": c / best[ph] if best[ph] else None,
-                          f"{ph}_end_to_end_vs_compute": e2e, f"{ph}_gflops": gflops,
-                          f"{ph}_vs_matmul": gflops / matmul["precision_gflops"] if matmul else None})
+                q.update(
+                    {
+                        f"{ph}_vs_fastest": c / best[ph] if best[ph] else None,
+                        f"{ph}_end_to_end_vs_compute": e2e,
+                        f"{ph}_gflops": gflops,
+                        f"{ph}_vs_matmul": gflops / matmul["precision_gflops"] if matmul else None,
+                    }
+                )
             out.append(q)
     return out
 
 
 def goals(rows: list[dict], qs: list[dict]) -> dict:
     """The speed goals (GOALS), each with its measured values and whether it holds (None: not measured)."""
+
     def q(fw, size):
         return next((x for x in qs if x["framework"] == fw and x["size"] == size), None)
 
@@ -212,8 +301,10 @@ def goals(rows: list[dict], qs: list[dict]) -> dict:
     g["end-to-end training >= 0.95 of compute-only"] = (vals, GOALS["end_to_end"])
     vals = {f"{fw}@224": q(fw, 224)["train_vs_matmul"] for fw in OURS if q(fw, 224) and q(fw, 224)["train_vs_matmul"]}
     g["at 224 px, training >= 50% of the matmul rate"] = (vals, GOALS["matmul_224"])
-    return {name: {"target": t, "values": v, "holds": all(x >= t for x in v.values()) if v else None}
-            for name, (v, t) in g.items()}
+    return {
+        name: {"target": t, "values": v, "holds": all(x >= t for x in v.values()) if v else None}
+        for name, (v, t) in g.items()
+    }
 
 
 def report(result: dict) -> str:
@@ -221,15 +312,21 @@ def report(result: dict) -> str:
     rows, matmul, cfg = result["results"], result["matmul"], result["config"]
     result["ratios"] = qs = ratios(rows, matmul)
     result["goals"] = gs = goals(rows, qs)
-    lines = [table(rows, qs, matmul, cfg),
-             "\nx best: against the fastest of vgg_torch, vgg_gluon, vgg_flax; e2e/cmp: end to end against compute "
-             "only (within each sample, where they alternate; averaged over samples); x mm: achieved GFLOP/s against "
-             "the matmul rate; warm-up s: train/infer warm-up time beyond steady state (compilation, graph building, "
-             "allocation); load: 1-minute load average before"]
+    lines = [
+        table(rows, qs, matmul, cfg),
+        "\nx best: against the fastest of vgg_torch, vgg_gluon, vgg_flax; e2e/cmp: end to end against compute "
+        "only (within each sample, where they alternate; averaged over samples); x mm: achieved GFLOP/s against "
+        "the matmul rate; warm-up s: train/infer warm-up time beyond steady state (compilation, graph building, "
+        "allocation); load: 1-minute load average before",
+    ]
     if cfg.get("extra"):  # rows measured under other interpreters: which library versions each row ran
         seen = {r["framework"]: r for r in rows if r["status"] == "ok"}
-        lines += [f"{name}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
-                  + (f" ({r['python']})" if "python" in r else "") for name, r in seen.items()]
+        lines += [
+            f"{name}: "
+            + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+            + (f" ({r['python']})" if "python" in r else "")
+            for name, r in seen.items()
+        ]
     for name, g in gs.items():
         state = {True: "holds", False: "FAILS", None: "not measured"}[g["holds"]]
         vals = ", ".join(f"{k} {v:.2f}" for k, v in g["values"].items())
@@ -241,12 +338,16 @@ def table(rows, qs, matmul, cfg) -> str:
     lines = []
     for size in sorted({r["size"] for r in rows}):
         spec = make_spec(cfg["arch"], image_size=size, width_ratio=cfg["width_ratio"])
-        lines.append(f"\n{size} px: {spec.name}, batch {cfg['batch_size']}, {cfg['precision']}, {cfg['device']}; forward "
-                     f"{flops_per_example(spec) / 1e9:.3f} GFLOP/example"
-                     + (f"; matmul {matmul['precision_gflops']:.0f} GFLOP/s" if matmul else ""))
-        lines.append(f"{'':12} {'train ex/s':>10} {'x best':>6} {'e2e/cmp':>7} {'GFLOP/s':>7} {'x mm':>5} | "
-                     f"{'infer ex/s':>10} {'x best':>6} {'e2e/cmp':>7} {'x mm':>5} | "
-                     f"{'warm-up s':>11} {'peak RSS MB':>11} {'load':>4}")
+        lines.append(
+            f"\n{size} px: {spec.name}, batch {cfg['batch_size']}, {cfg['precision']}, {cfg['device']}; forward "
+            f"{flops_per_example(spec) / 1e9:.3f} GFLOP/example"
+            + (f"; matmul {matmul['precision_gflops']:.0f} GFLOP/s" if matmul else "")
+        )
+        lines.append(
+            f"{'':12} {'train ex/s':>10} {'x best':>6} {'e2e/cmp':>7} {'GFLOP/s':>7} {'x mm':>5} | "
+            f"{'infer ex/s':>10} {'x best':>6} {'e2e/cmp':>7} {'x mm':>5} | "
+            f"{'warm-up s':>11} {'peak RSS MB':>11} {'load':>4}"
+        )
         for r in (r for r in rows if r["size"] == size):
             if r["status"] != "ok":
                 lines.append(f"{r['framework']:12} {r['status']}: {r['message']}")
@@ -261,7 +362,8 @@ def table(rows, qs, matmul, cfg) -> str:
                 f"{x['infer_end_to_end_vs_compute']:>7.2f} {f(x['infer_vs_matmul'], 5, 2)} | "
                 f"{r['train']['compute']['warmup_overhead_s']:>5.1f}/"
                 f"{r['infer']['compute']['warmup_overhead_s']:<5.1f} "
-                f"{r['peak_rss_mb']:>11,.0f} {r['load_before']:>4.1f}")
+                f"{r['peak_rss_mb']:>11,.0f} {r['load_before']:>4.1f}"
+            )
     return "\n".join(lines)
 
 
@@ -273,37 +375,64 @@ def main(argv=None):
             text = report(result)
         except (OSError, ValueError, KeyError) as e:
             fail(f"--report {args.report}: cannot read a throughput result there ({e})")
-        print(f"{result['command']}  ({result['time']}, load average {result['machine']['load_average_start'][0]:.2f} "
-              f"at the start)\n{text}")
+        print(
+            f"{result['command']}  ({result['time']}, load average {result['machine']['load_average_start'][0]:.2f} "
+            f"at the start)\n{text}"
+        )
         return
     load_start = os.getloadavg()
     if args.device == "cpu" and load_start[0] > 0.5:
-        print(f"note: load average {load_start[0]:.2f} (> 0.5): other processes share the cores, numbers will be low "
-              "and noisy", file=sys.stderr)
+        print(
+            f"note: load average {load_start[0]:.2f} (> 0.5): other processes share the cores, numbers will be low "
+            "and noisy",
+            file=sys.stderr,
+        )
     try:
-        data = load_fashion_mnist(args.data_dir) if not args.data_dir or Path(args.data_dir).resolve() != SAMPLE_DIR \
+        data = (
+            load_fashion_mnist(args.data_dir)
+            if not args.data_dir or Path(args.data_dir).resolve() != SAMPLE_DIR
             else None
+        )
     except DataError as e:
         fail(str(e))
     data_dir, source = (data.location, data.source) if data else (str(SAMPLE_DIR), "sample")
-    base = {"arch": args.arch, "width_ratio": args.width_ratio, "batch_size": args.batch_size,
-            "precision": args.precision, "device": args.device, "steps": args.steps, "seconds": args.seconds, "rounds": args.rounds,
-            "warmup": args.warmup, "prefetch": args.prefetch, "data_dir": data_dir,
-            "matmul_sizes": args.matmul_sizes, "matmul_repeats": args.matmul_repeats,
-            "torch_memory_format": args.torch_memory_format, "torch_compile": args.torch_compile,
-            "gluon_hybridize": args.gluon_hybridize, "flax_donate": args.flax_donate,
-            "flax_place_state": args.flax_place_state, "cpu_workarounds": args.cpu_workarounds}
-    extras = {name: {"framework": fw, "python": python} for name, fw, python in args.runs[len(args.frameworks):]}
+    base = {
+        "arch": args.arch,
+        "width_ratio": args.width_ratio,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "device": args.device,
+        "steps": args.steps,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "prefetch": args.prefetch,
+        "data_dir": data_dir,
+        "matmul_sizes": args.matmul_sizes,
+        "matmul_repeats": args.matmul_repeats,
+        "torch_memory_format": args.torch_memory_format,
+        "torch_compile": args.torch_compile,
+        "gluon_hybridize": args.gluon_hybridize,
+        "flax_donate": args.flax_donate,
+        "flax_place_state": args.flax_place_state,
+        "cpu_workarounds": args.cpu_workarounds,
+    }
+    extras = {name: {"framework": fw, "python": python} for name, fw, python in args.runs[len(args.frameworks) :]}
     started = time.time()
 
     def measure_matmul():
-        print(f"matmul rate ({', '.join(map(str, args.matmul_sizes))} squares, best of {args.matmul_repeats})...",
-              end=" ", flush=True)
+        print(
+            f"matmul rate ({', '.join(map(str, args.matmul_sizes))} squares, best of {args.matmul_repeats})...",
+            end=" ",
+            flush=True,
+        )
         m = run_worker({**base, "framework": "matmul"}, args.env_by.get("*", {}), args.timeout)
         if m["status"] != "ok":
             fail(f"matmul measurement {m['status']}: {m['message']}")
-        print(f"float32 {m['float32_gflops']:.0f} GFLOP/s" +
-              (f", {args.precision} {m['precision_gflops']:.0f} GFLOP/s" if args.precision != "float32" else ""))
+        print(
+            f"float32 {m['float32_gflops']:.0f} GFLOP/s"
+            + (f", {args.precision} {m['precision_gflops']:.0f} GFLOP/s" if args.precision != "float32" else "")
+        )
         return m
 
     samples, matmuls = [], []
@@ -311,28 +440,53 @@ def main(argv=None):
         matmuls.append(measure_matmul())  # it varies with the load too: the best sweep's is kept
         for size in args.sizes:
             for name, fw, python in args.runs:
-                print(f"{size} px {name}{f' ({rep + 1}/{args.repeat})' if args.repeat > 1 else ''}...", end=" ", flush=True)
+                print(
+                    f"{size} px {name}{f' ({rep + 1}/{args.repeat})' if args.repeat > 1 else ''}...",
+                    end=" ",
+                    flush=True,
+                )
                 env = {**args.env_by.get("*", {}), **args.env_by.get(fw, {}), **args.env_by.get(name, {})}
                 r = run_worker({**base, "framework": fw, "size": size}, env, args.timeout, python)
                 if name != fw:
                     r.update(framework=name, measures=fw, python=python)
                 samples.append(r)
-                print(f"train {r['train']['compute']['examples_per_s']:,.0f} ex/s, infer "
-                      f"{r['infer']['compute']['examples_per_s']:,.0f} ex/s" if r["status"] == "ok"
-                      else f"{r['status']}: {r['message']}", flush=True)
-    rows = [best_of([r for r in samples if r["framework"] == fw and r["size"] == size])
-            for size in args.sizes for fw in [r[0] for r in args.runs]]
+                print(
+                    f"train {r['train']['compute']['examples_per_s']:,.0f} ex/s, infer "
+                    f"{r['infer']['compute']['examples_per_s']:,.0f} ex/s"
+                    if r["status"] == "ok"
+                    else f"{r['status']}: {r['message']}",
+                    flush=True,
+                )
+    rows = [
+        best_of([r for r in samples if r["framework"] == fw and r["size"] == size])
+        for size in args.sizes
+        for fw in [r[0] for r in args.runs]
+    ]
 
     result = {
-        "benchmark": "throughput", "command": "python -m benchmarks.throughput " + " ".join(argv or sys.argv[1:]),
-        "config": {k: v for k, v in base.items() if k != "data_dir"} | {"sizes": args.sizes, "frameworks": args.frameworks, "repeat": args.repeat,
-                                                                      "env": args.env_by, "extra": extras},
+        "benchmark": "throughput",
+        "command": "python -m benchmarks.throughput " + " ".join(argv or sys.argv[1:]),
+        "config": {k: v for k, v in base.items() if k != "data_dir"}
+        | {
+            "sizes": args.sizes,
+            "frameworks": args.frameworks,
+            "repeat": args.repeat,
+            "env": args.env_by,
+            "extra": extras,
+        },
         "dataset": {"source": source, "location": data_dir},
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(), "python": platform.python_version(),
-                    "platform": platform.platform(), "load_average_start": list(load_start),
-                    "load_average_end": list(os.getloadavg())},
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": time.time() - started,
-        "matmul": max(matmuls, key=lambda m: m["precision_gflops"]), "results": rows,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": _cpu_name(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_start": list(load_start),
+            "load_average_end": list(os.getloadavg()),
+        },
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": time.time() - started,
+        "matmul": max(matmuls, key=lambda m: m["precision_gflops"]),
+        "results": rows,
     }
     print(report(result))
     out = Path(args.out)

@@ -8,6 +8,7 @@ is exactly a training run's step (`Backend.train_step` on the loader's NumPy bat
 only calls the same module-level `train_step` on a batch already on the device. The peers are
 put into that same Backend in place of the project's model (its optimiser rebuilt for them).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,24 +44,40 @@ def _spec(cfg, size):
 def _train_args(cfg, size, compile=False):
     """The training flags of this configuration; the optimiser is the d2l recipe's (plain SGD, lr 0.05)."""
     arch = cfg["arch"] if isinstance(cfg["arch"], str) else repr(tuple(map(tuple, cfg["arch"])))
-    return parse_train_args([f"--arch={arch}", f"--width-ratio={cfg['width_ratio']}", f"--resize={size}",
-                             f"--batch-size={cfg['batch_size']}", f"--device={cfg['device']}", "--optimizer=sgd",
-                             "--lr=0.05", "--momentum=0", "--no-progress"] + (["--compile"] if compile else [])
-                            + ([] if cfg.get("cpu_workarounds", True) else ["--no-cpu-workarounds"]))
+    return parse_train_args(
+        [
+            f"--arch={arch}",
+            f"--width-ratio={cfg['width_ratio']}",
+            f"--resize={size}",
+            f"--batch-size={cfg['batch_size']}",
+            f"--device={cfg['device']}",
+            "--optimizer=sgd",
+            "--lr=0.05",
+            "--momentum=0",
+            "--no-progress",
+        ]
+        + (["--compile"] if compile else [])
+        + ([] if cfg.get("cpu_workarounds", True) else ["--no-cpu-workarounds"])
+    )
 
 
 def _no_gpu(framework):
-    return Unsupported(f"--device gpu: no GPU is visible to {framework}; install its GPU build (docs/gpus.md) or use --device cpu")
+    return Unsupported(
+        f"--device gpu: no GPU is visible to {framework}; install its GPU build (docs/gpus.md) or use --device cpu"
+    )
 
 
 # ---------------------------------------------------------------------------- PyTorch
+
 
 class Torch:
     """vgg_torch.train.Backend, with the project's model or torchvision's VGG."""
 
     def __init__(self, cfg, size, peer=False):
         import torch
+
         import vgg_torch.train as T
+
         self.torch, self.T = torch, T
         if cfg["device"] == "gpu" and not torch.cuda.is_available():
             raise _no_gpu("torch")
@@ -74,16 +91,21 @@ class Torch:
             b.model = torch.compile(b.net) if cfg["torch_compile"] else b.net
         # in place (the optimiser keeps its parameters); a 1-channel NCHW batch is already
         # channels-last contiguous, so the convolutions run NHWC from the first one on
-        b.net.to(memory_format={"channels_last": torch.channels_last,
-                                "contiguous": torch.contiguous_format}[cfg["torch_memory_format"]])
+        b.net.to(
+            memory_format={"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}[
+                cfg["torch_memory_format"]
+            ]
+        )
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg["precision"])
         # autocast around the whole step: the forward runs in low precision, autograd runs each
         # backward op in its forward op's dtype, the weights and the SGD update stay float32
         self.autocast = (lambda: torch.autocast(b.dev.type, dtype=dtype)) if dtype else contextlib.nullcontext
         self.parameters = sum(p.numel() for p in b.net.parameters())
         self.versions = {"torch": torch.__version__}
-        self.threads = {"torch.get_num_threads": torch.get_num_threads(),
-                        **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}}
+        self.threads = {
+            "torch.get_num_threads": torch.get_num_threads(),
+            **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
+        }
 
     def to_device(self, x, y):
         dev = self.b.dev
@@ -124,6 +146,7 @@ def torchvision_vgg(spec):
     own (7, 7); below, torchvision would upsample 1x1 maps to 7x7 and do 49x the dense work)."""
     from torch import nn
     from torchvision.models.vgg import VGG, make_layers
+
     if spec.lrn or any(k != 3 for b in spec.blocks for k in b.kernel_sizes) or spec.hidden_units != 4096:
         raise Unsupported(f"torchvision's VGG has no {spec.name} (LRN, 1x1 convs or a scaled classifier)")
     cfg = []
@@ -139,24 +162,30 @@ def torchvision_vgg(spec):
 
 # ---------------------------------------------------------------------------- MXNet Gluon
 
+
 class Gluon:
     """vgg_gluon.train.Backend, with the project's model or the model zoo's VGG."""
 
     def __init__(self, cfg, size, peer=False):
         import vgg_gluon  # noqa: F401  (restores np.bool before mxnet is imported)
-        import mxnet as mx
         import vgg_gluon.train as G
         from vgg_gluon import parallel
+
+        import mxnet as mx
+
         self.mx, self.G, self.parallel = mx, G, parallel
         if cfg["device"] == "gpu" and mx.context.num_gpus() == 0:
             raise _no_gpu("MXNet")
         if cfg["precision"] == "float16" and cfg["device"] == "cpu":
-            raise Unsupported("MXNet has no float16 convolutions on the CPU (oneDNN runs float32 and bfloat16 "
-                              "there); use --precision bfloat16 on a CPU, float16 on a GPU")
+            raise Unsupported(
+                "MXNet has no float16 convolutions on the CPU (oneDNN runs float32 and bfloat16 "
+                "there); use --precision bfloat16 on a CPU, float16 on a GPU"
+            )
         if cfg["precision"] == "bfloat16" and cfg["device"] == "gpu":
             raise Unsupported("MXNet 1.9's AMP offers bfloat16 on the CPU only; use --precision float16 on a GPU")
         if cfg["precision"] != "float32":
             from mxnet.contrib import amp
+
             amp.init(target_dtype=cfg["precision"])  # before any network is built: it patches the operators
         args = _train_args(cfg, size)
         self.b = b = G.Backend(args)
@@ -170,8 +199,10 @@ class Gluon:
             b.net.hybridize(active=mode == "plain", static_alloc=False, static_shape=False)
         self.parameters = None  # the zoo infers its input sizes on the first batch
         self.versions = {"mxnet": mx.__version__}
-        self.threads = {k: os.environ.get(k) for k in ("MXNET_CPU_WORKER_NTHREADS", "OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS",
-                                                     "OMP_WAIT_POLICY")}
+        self.threads = {
+            k: os.environ.get(k)
+            for k in ("MXNET_CPU_WORKER_NTHREADS", "OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS", "OMP_WAIT_POLICY")
+        }
 
     def to_device(self, x, y):
         return self.parallel.shard(self.b.dp, x, y)
@@ -209,13 +240,19 @@ def gluon_zoo_vgg(spec):
     """The Gluon model zoo's VGG (mxnet.gluon.model_zoo.vision.vgg.VGG) at the spec's width:
     its (layers, filters) form. It infers input channels and flatten size on the first batch."""
     from mxnet.gluon.model_zoo.vision.vgg import VGG
+
     if spec.lrn or any(k != 3 for b in spec.blocks for k in b.kernel_sizes) or spec.hidden_units != 4096:
         raise Unsupported(f"the Gluon model zoo has no {spec.name} (LRN, 1x1 convs or a scaled classifier)")
-    return VGG([b.num_convs for b in spec.blocks], [b.out_channels for b in spec.blocks],
-               classes=spec.num_classes, batch_norm=spec.batch_norm)
+    return VGG(
+        [b.num_convs for b in spec.blocks],
+        [b.out_channels for b in spec.blocks],
+        classes=spec.num_classes,
+        batch_norm=spec.batch_norm,
+    )
 
 
 # ---------------------------------------------------------------------------- Flax NNX
+
 
 class Flax:
     """vgg_flax.train.Backend (nnx.jit train step and predict; NCHW in, NHWC inside)."""
@@ -225,8 +262,10 @@ class Flax:
         import jax
         import jax.numpy as jnp
         from flax import nnx
+
         import vgg_flax.train as F
         from vgg_flax import parallel
+
         self.jax, self.F, self.parallel = jax, F, parallel
         try:
             gpus = jax.devices("gpu")
@@ -243,6 +282,7 @@ class Flax:
             def prepare(dp, *nodes):
                 for node in nodes:
                     nnx.update(node, jax.device_put(nnx.state(node), dp.replicated))
+
             parallel.prepare = prepare
         if cfg["flax_donate"]:  # XLA may then update parameters and optimiser state in place
             F.train_step = nnx.jit(F.train_step.fun, donate_argnums=(0, 1))
@@ -293,6 +333,7 @@ def matmul(cfg: dict) -> dict:
     lags the CPU: on this project's AMD EPYC (Zen 5, AVX-512) NumPy's OpenBLAS picks its
     Haswell (AVX2) kernels and torch's matmul reaches 175, oneDNN 330-420 GFLOP/s."""
     import torch
+
     out, dtypes = {}, ["float32"] + ([cfg["precision"]] if cfg["precision"] != "float32" else [])
     gpu = cfg["device"] == "gpu"
     if gpu and not torch.cuda.is_available():
@@ -319,9 +360,15 @@ def matmul(cfg: dict) -> dict:
             best = min(_clock(lambda: (ta @ tb, sync())) for _ in range(cfg["matmul_repeats"]))
             out[f"torch_{dt}_{n}"] = 2 * n**3 / best / 1e9
     rate = lambda dt: max(v for k, v in out.items() if f"_{dt}_" in k)
-    return {"framework": "matmul", "status": "ok", "gflops": out, "float32_gflops": rate("float32"),
-            "precision_gflops": rate(cfg["precision"]), "versions": {"torch": torch.__version__, "numpy": np.__version__},
-            "threads": {"torch.get_num_threads": torch.get_num_threads()}}
+    return {
+        "framework": "matmul",
+        "status": "ok",
+        "gflops": out,
+        "float32_gflops": rate("float32"),
+        "precision_gflops": rate(cfg["precision"]),
+        "versions": {"torch": torch.__version__, "numpy": np.__version__},
+        "threads": {"torch.get_num_threads": torch.get_num_threads()},
+    }
 
 
 def _clock(fn):
@@ -330,11 +377,18 @@ def _clock(fn):
     return time.perf_counter() - t
 
 
-PACKAGES = {"vgg_torch": "vgg_torch", "torchvision": "vgg_torch", "vgg_gluon": "vgg_gluon",
-            "gluon_zoo": "vgg_gluon", "vgg_flax": "vgg_flax"}
+PACKAGES = {
+    "vgg_torch": "vgg_torch",
+    "torchvision": "vgg_torch",
+    "vgg_gluon": "vgg_gluon",
+    "gluon_zoo": "vgg_gluon",
+    "vgg_flax": "vgg_flax",
+}
 RUNNERS = {
-    "vgg_torch": (Torch, False), "torchvision": (Torch, True),
-    "vgg_gluon": (Gluon, False), "gluon_zoo": (Gluon, True),
+    "vgg_torch": (Torch, False),
+    "torchvision": (Torch, True),
+    "vgg_gluon": (Gluon, False),
+    "gluon_zoo": (Gluon, True),
     "vgg_flax": (Flax, False),
 }
 
@@ -376,9 +430,15 @@ def _stats(chunks, batch, warmup):
     as many steady-state steps (compilation, graph building, first allocations)."""
     steps, seconds = sum(c["steps"] for c in chunks), sum(c["seconds"] for c in chunks)
     rate = batch * steps / seconds
-    return {"examples_per_s": rate, "steps": steps, "seconds": seconds, "first_step_s": chunks[0]["first_step_s"],
-            "warmup_steps": warmup, "warmup_overhead_s": chunks[0]["warmup_s"] - warmup * batch / rate,
-            "gaps_s": [round(t, 5) for c in chunks for t in c["gaps_s"]]}
+    return {
+        "examples_per_s": rate,
+        "steps": steps,
+        "seconds": seconds,
+        "first_step_s": chunks[0]["first_step_s"],
+        "warmup_steps": warmup,
+        "warmup_overhead_s": chunks[0]["warmup_s"] - warmup * batch / rate,
+        "gaps_s": [round(t, 5) for c in chunks for t in c["gaps_s"]],
+    }
 
 
 def _batches(loader):
@@ -411,13 +471,25 @@ def measure(cfg: dict) -> dict:
 
     sample = Path(cfg["data_dir"]).resolve() == SAMPLE_DIR
     data = sample_dataset() if sample else load_fashion_mnist(cfg["data_dir"], download=False, allow_sample=False)
-    batches = _batches(Loader(data.train_images, data.train_labels, batch_size=batch, resize=size, seed=0,
-                              shuffle=True, drop_last=True, prefetch=cfg["prefetch"]))  # as common.training.run
+    batches = _batches(
+        Loader(
+            data.train_images,
+            data.train_labels,
+            batch_size=batch,
+            resize=size,
+            seed=0,
+            shuffle=True,
+            drop_last=True,
+            prefetch=cfg["prefetch"],
+        )
+    )  # as common.training.run
 
     out = {}
     try:
-        for phase, step, host in (("train", r.train_step, r.train_step_host),
-                                  ("infer", lambda x, y: r.predict(x), lambda x, y: r.predict_host(x))):
+        for phase, step, host in (
+            ("train", r.train_step, r.train_step_host),
+            ("infer", lambda x, y: r.predict(x), lambda x, y: r.predict_host(x)),
+        ):
             r.mode(phase == "train")
             compute, e2e = [], []
             # compute-only and end-to-end alternate in `rounds` chunks, so that a change in the
@@ -430,10 +502,22 @@ def measure(cfg: dict) -> dict:
     finally:
         batches.close()
     fwd = flops_per_example(spec)
-    return {"framework": framework, "size": size, "status": "ok", "model": spec.name,
-            "parameters": r.parameters, "forward_flops": fwd, "train_flops": 3 * fwd,
-            "build_s": build_s, "rss_after_build_mb": rss_built, "peak_rss_mb": _rss_mb(), **r.memory(),
-            "versions": {**r.versions, "numpy": np.__version__}, "threads": r.threads, **out}
+    return {
+        "framework": framework,
+        "size": size,
+        "status": "ok",
+        "model": spec.name,
+        "parameters": r.parameters,
+        "forward_flops": fwd,
+        "train_flops": 3 * fwd,
+        "build_s": build_s,
+        "rss_after_build_mb": rss_built,
+        "peak_rss_mb": _rss_mb(),
+        **r.memory(),
+        "versions": {**r.versions, "numpy": np.__version__},
+        "threads": r.threads,
+        **out,
+    }
 
 
 def main(argv=None):

@@ -7,6 +7,7 @@ Reference: Simonyan & Zisserman, "Very Deep Convolutional Networks for
 Large-Scale Image Recognition" (arXiv:1409.1556), Table 1 (configurations)
 and Table 2 (parameter counts, in millions).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -101,8 +102,10 @@ def valid_names() -> list[str]:
 
 
 def _parse_tuples(arch) -> tuple[Block, ...]:
-    form = ("a sequence of (num_convs, out_channels) pairs of positive ints, "
-            "e.g. ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))")
+    form = (
+        "a sequence of (num_convs, out_channels) pairs of positive ints, "
+        "e.g. ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))"
+    )
     try:
         rows = [tuple(row) for row in arch]
     except TypeError:
@@ -127,7 +130,9 @@ def parse_arch(text: str):
         try:
             return ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            raise ArchError(f"--arch {text!r} is not a valid tuple literal; write e.g. '((1,64),(1,128),(2,256),(2,512),(2,512))'") from None
+            raise ArchError(
+                f"--arch {text!r} is not a valid tuple literal; write e.g. '((1,64),(1,128),(2,256),(2,512),(2,512))'"
+            ) from None
     return text
 
 
@@ -155,8 +160,10 @@ def make_spec(
     if isinstance(arch, str):
         key = ALIASES.get(arch, ALIASES.get(arch.upper(), arch.lower()))
         if key not in CONFIGS:
-            raise ArchError(f"unknown architecture {arch!r}; valid names: {', '.join(valid_names())}, "
-                            "or (num_convs, out_channels) tuples")
+            raise ArchError(
+                f"unknown architecture {arch!r}; valid names: {', '.join(valid_names())}, "
+                "or (num_convs, out_channels) tuples"
+            )
         letter, bn, lrn = CONFIGS[key]
         name, blocks = key, TABLE1[letter]
     else:
@@ -186,14 +193,25 @@ def make_spec(
     for i, b in enumerate(blocks, 1):
         c = b.out_channels // width_ratio
         if c < 1:
-            raise ArchError(f"width_ratio {width_ratio} leaves block {i} ({b.out_channels} channels) with 0 channels; "
-                            f"the largest ratio that works is {min(x.out_channels for x in blocks)}")
+            raise ArchError(
+                f"width_ratio {width_ratio} leaves block {i} ({b.out_channels} channels) with 0 channels; "
+                f"the largest ratio that works is {min(x.out_channels for x in blocks)}"
+            )
         scaled.append(Block(c, b.kernel_sizes))
     hidden = HIDDEN_UNITS // width_ratio if scale_classifier else HIDDEN_UNITS
     if width_ratio != 1:
         name = f"{name}/{width_ratio}"
-    return VGGSpec(name=name, blocks=tuple(scaled), in_channels=in_channels, num_classes=num_classes,
-                   image_size=size, hidden_units=hidden, dropout=dropout, batch_norm=bn, lrn=lrn)
+    return VGGSpec(
+        name=name,
+        blocks=tuple(scaled),
+        in_channels=in_channels,
+        num_classes=num_classes,
+        image_size=size,
+        hidden_units=hidden,
+        dropout=dropout,
+        batch_norm=bn,
+        lrn=lrn,
+    )
 
 
 # --- arithmetic: the independent oracle ------------------------------------
@@ -207,7 +225,11 @@ def expected_shapes(spec: VGGSpec, batch: int = 1) -> list[tuple[str, tuple[int,
         c, h, w = b.out_channels, h // 2, w // 2  # 'same' convs keep H, W; the pool halves them
         out.append((f"block{i}", (batch, c, h, w)))
     out.append(("flatten", (batch, c * h * w)))
-    out += [("fc1", (batch, spec.hidden_units)), ("fc2", (batch, spec.hidden_units)), ("fc3", (batch, spec.num_classes))]
+    out += [
+        ("fc1", (batch, spec.hidden_units)),
+        ("fc2", (batch, spec.hidden_units)),
+        ("fc3", (batch, spec.num_classes)),
+    ]
     return out
 
 

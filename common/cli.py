@@ -1,4 +1,5 @@
 """Command-line flags shared by the three frameworks, defined once."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,19 @@ def _arch(text):
 
 
 def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--arch", default="vgg11", type=_arch,
-                   help=f"a table name ({', '.join(valid_names())}) or d2l's conv_arch, (num_convs, "
-                        "out_channels) per block, e.g. '((1,64),(1,128),(2,256),(2,512),(2,512))' (default: vgg11)")
+    p.add_argument(
+        "--arch",
+        default="vgg11",
+        type=_arch,
+        help=f"a table name ({', '.join(valid_names())}) or d2l's conv_arch, (num_convs, "
+        "out_channels) per block, e.g. '((1,64),(1,128),(2,256),(2,512),(2,512))' (default: vgg11)",
+    )
     p.add_argument("--width-ratio", type=int, default=1, help="divide every block's channels by this (d2l's ratio = 4)")
-    p.add_argument("--scale-classifier", action="store_true", help="divide the 4096 hidden units by --width-ratio too (as d2lzh_pytorch's ratio = 8 does)")
+    p.add_argument(
+        "--scale-classifier",
+        action="store_true",
+        help="divide the 4096 hidden units by --width-ratio too (as d2lzh_pytorch's ratio = 8 does)",
+    )
     p.add_argument("--in-channels", type=int, default=1, help="1 for Fashion-MNIST, 3 for ImageNet")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--dropout", type=float, default=0.5)
@@ -36,8 +45,14 @@ def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def spec_kwargs(args, image_size) -> dict:
-    return dict(in_channels=args.in_channels, num_classes=args.num_classes, image_size=image_size,
-                width_ratio=args.width_ratio, scale_classifier=args.scale_classifier, dropout=args.dropout)
+    return dict(
+        in_channels=args.in_channels,
+        num_classes=args.num_classes,
+        image_size=image_size,
+        width_ratio=args.width_ratio,
+        scale_classifier=args.scale_classifier,
+        dropout=args.dropout,
+    )
 
 
 def fail(msg: str, code: int = 2):
@@ -57,9 +72,11 @@ def check_fits(spec, smaller: str) -> None:
         return
     if need > have:
         h, w = spec.image_size
-        fail(f"{spec.name} for {h}x{w} px and {spec.num_classes:,} classes has {values:,} parameters, "
-             f"{need / 2**30:,.1f} GiB of float32 weights, more than this machine's {have / 2**30:,.1f} GiB of "
-             f"memory; use a smaller {smaller} or a larger --width-ratio")
+        fail(
+            f"{spec.name} for {h}x{w} px and {spec.num_classes:,} classes has {values:,} parameters, "
+            f"{need / 2**30:,.1f} GiB of float32 weights, more than this machine's {have / 2**30:,.1f} GiB of "
+            f"memory; use a smaller {smaller} or a larger --width-ratio"
+        )
 
 
 @contextlib.contextmanager
@@ -77,7 +94,9 @@ def main_guard():
 
 def model_main(prog, argv, *, build, summary, count):
     """`python -m vgg_X.model`: print d2l's per-block shape summary and the parameter counts."""
-    p = add_model_args(argparse.ArgumentParser(prog=f"python -m {prog}", description=summary.__module__ + ": VGG shape summary"))
+    p = add_model_args(
+        argparse.ArgumentParser(prog=f"python -m {prog}", description=summary.__module__ + ": VGG shape summary")
+    )
     p.add_argument("--image-size", type=int, default=224, help="input height and width (at least 32 for five blocks)")
     args = p.parse_args(argv)
     try:
@@ -97,13 +116,33 @@ def model_main(prog, argv, *, build, summary, count):
 # command line still wins (`--preset cpu --epochs 3`).
 PRESETS = {
     # The d2l recipe (d2l.train_ch6): a GPU job; d2l reports test accuracy 0.925 after 10 epochs.
-    "d2l": dict(arch="vgg11", width_ratio=4, resize=224, epochs=10, batch_size=128, lr=0.05,
-                optimizer="sgd", momentum=0.0, normalize=False, init="xavier"),
+    "d2l": dict(
+        arch="vgg11",
+        width_ratio=4,
+        resize=224,
+        epochs=10,
+        batch_size=128,
+        lr=0.05,
+        optimizer="sgd",
+        momentum=0.0,
+        normalize=False,
+        init="xavier",
+    ),
     # For a laptop or a 2-core CI box: learns in one epoch. 32 px is 49x fewer pixels than 224.
     # There plain SGD at lr 0.05 stays at chance for the whole epoch; Adam (d2lzh_pytorch's optimiser)
     # on standardised pixels learns fastest of what was tried (docs/training.md).
-    "cpu": dict(arch="vgg11", width_ratio=4, resize=32, epochs=1, batch_size=128, lr=0.001,
-                optimizer="adam", momentum=0.0, normalize=True, init="xavier"),
+    "cpu": dict(
+        arch="vgg11",
+        width_ratio=4,
+        resize=32,
+        epochs=1,
+        batch_size=128,
+        lr=0.001,
+        optimizer="adam",
+        momentum=0.0,
+        normalize=True,
+        init="xavier",
+    ),
 }
 
 PRESET_HELP = """\
@@ -128,6 +167,7 @@ def _positive(kind, name):
         if not v > 0 or v != v or v == float("inf"):
             raise argparse.ArgumentTypeError(f"{name} must be a positive finite number, got {text!r}")
         return v
+
     return parse
 
 
@@ -148,59 +188,115 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.set_defaults(width_ratio=d["width_ratio"])
     g = p.add_argument_group("training")
     g.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (see below)")
-    g.add_argument("--resize", type=_positive(int, "--resize"), default=d["resize"],
-                   help="resize Fashion-MNIST's 28x28 images to this many pixels (at least 32; default %(default)s)")
+    g.add_argument(
+        "--resize",
+        type=_positive(int, "--resize"),
+        default=d["resize"],
+        help="resize Fashion-MNIST's 28x28 images to this many pixels (at least 32; default %(default)s)",
+    )
     g.add_argument("--epochs", type=_positive(int, "--epochs"), default=d["epochs"], help="default %(default)s")
-    g.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=d["batch_size"], help="default %(default)s")
+    g.add_argument(
+        "--batch-size", type=_positive(int, "--batch-size"), default=d["batch_size"], help="default %(default)s"
+    )
     g.add_argument("--lr", type=_positive(float, "--lr"), default=d["lr"], help="learning rate (default %(default)s)")
-    g.add_argument("--optimizer", choices=("sgd", "adam"), default=d["optimizer"],
-                   help="sgd: torch.optim.SGD semantics (v = momentum*v + g; w -= lr*v); "
-                        "adam: betas 0.9, 0.999, eps 1e-8 (default %(default)s)")
+    g.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default=d["optimizer"],
+        help="sgd: torch.optim.SGD semantics (v = momentum*v + g; w -= lr*v); "
+        "adam: betas 0.9, 0.999, eps 1e-8 (default %(default)s)",
+    )
     g.add_argument("--momentum", type=_unit_interval, default=d["momentum"], help="SGD momentum (default %(default)s)")
-    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=d["normalize"],
-                   help="standardise pixels with the training set's mean and std (d2l: off, 0-1 pixels)")
-    g.add_argument("--init", choices=("xavier", "kaiming"), default=d["init"],
-                   help="xavier: Xavier-uniform (d2l); kaiming: torchvision's Kaiming-normal fan-out (default %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="one seed for initialisation, batch order and dropout (default 0)")
-    g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="auto: the framework's first GPU if it sees one, else the CPU (default auto)")
-    g.add_argument("--devices", type=_positive(int, "--devices"), metavar="N",
-                   help="data parallelism over N devices of this machine (default 1; under a launcher, what it "
-                        "started: torchrun's processes, all local devices of a jax.distributed process). "
-                        "--batch-size is the GLOBAL batch, split evenly over all devices of all machines, and "
-                        "--lr applies to it unscaled, so the same flags compute the same updates on any number "
-                        "of devices (docs/parallel.md)")
-    g.add_argument("--data-dir", help="folder with the four Fashion-MNIST files (default: $FASHION_MNIST_DIR, "
-                                       "the download cache, else the bundled sample)")
-    g.add_argument("--max-steps", type=_positive(int, "--max-steps"),
-                   help="stop each epoch after this many batches (smoke runs); evaluation still sees the whole test set")
-    g.add_argument("--out", help="folder for metrics.json, the plot, model.safetensors and the checkpoint (default runs/<framework>)")
+    g.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=d["normalize"],
+        help="standardise pixels with the training set's mean and std (d2l: off, 0-1 pixels)",
+    )
+    g.add_argument(
+        "--init",
+        choices=("xavier", "kaiming"),
+        default=d["init"],
+        help="xavier: Xavier-uniform (d2l); kaiming: torchvision's Kaiming-normal fan-out (default %(default)s)",
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, help="one seed for initialisation, batch order and dropout (default 0)"
+    )
+    g.add_argument(
+        "--device",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="auto: the framework's first GPU if it sees one, else the CPU (default auto)",
+    )
+    g.add_argument(
+        "--devices",
+        type=_positive(int, "--devices"),
+        metavar="N",
+        help="data parallelism over N devices of this machine (default 1; under a launcher, what it "
+        "started: torchrun's processes, all local devices of a jax.distributed process). "
+        "--batch-size is the GLOBAL batch, split evenly over all devices of all machines, and "
+        "--lr applies to it unscaled, so the same flags compute the same updates on any number "
+        "of devices (docs/parallel.md)",
+    )
+    g.add_argument(
+        "--data-dir",
+        help="folder with the four Fashion-MNIST files (default: $FASHION_MNIST_DIR, "
+        "the download cache, else the bundled sample)",
+    )
+    g.add_argument(
+        "--max-steps",
+        type=_positive(int, "--max-steps"),
+        help="stop each epoch after this many batches (smoke runs); evaluation still sees the whole test set",
+    )
+    g.add_argument(
+        "--out",
+        help="folder for metrics.json, the plot, model.safetensors and the checkpoint (default runs/<framework>)",
+    )
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start afresh in an --out that holds another run's checkpoint (refused without it); that "
-                        "checkpoint stays until this run's first one replaces it")
-    g.add_argument("--compile", action="store_true",
-                   help="PyTorch: torch.compile the model. Gluon always hybridizes and Flax always jits, so "
-                        "they accept and ignore it")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an --out that holds another run's checkpoint (refused without it); that "
+        "checkpoint stays until this run's first one replaces it",
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="PyTorch: torch.compile the model. Gluon always hybridizes and Flax always jits, so "
+        "they accept and ignore it",
+    )
     add_cpu_workarounds_arg(g)
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (default: when stderr is a terminal)")
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: when stderr is a terminal)",
+    )
     return p
 
 
 def add_cpu_workarounds_arg(p) -> None:
     """--no-cpu-workarounds, for the train and evaluate commands (and, under its own name, the benchmark)."""
-    p.add_argument("--no-cpu-workarounds", dest="cpu_workarounds", action="store_false",
-                   help="Flax on a CPU: leave out vgg_flax.xla_cpu, the rewrites of the max-pool, the dense layers' "
-                        "backward pass, some 3x3 convolutions and bfloat16 products that XLA:CPU runs faster (the "
-                        "same values; never used on a GPU or TPU). It exists so that anyone can measure what they "
-                        "buy. PyTorch and Gluon need none, so they accept and ignore it")
+    p.add_argument(
+        "--no-cpu-workarounds",
+        dest="cpu_workarounds",
+        action="store_false",
+        help="Flax on a CPU: leave out vgg_flax.xla_cpu, the rewrites of the max-pool, the dense layers' "
+        "backward pass, some 3x3 convolutions and bfloat16 products that XLA:CPU runs faster (the "
+        "same values; never used on a GPU or TPU). It exists so that anyone can measure what they "
+        "buy. PyTorch and Gluon need none, so they accept and ignore it",
+    )
 
 
 def train_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return add_train_args(argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=PRESET_HELP.format(cpu=preset_flags("cpu"))))
+    return add_train_args(
+        argparse.ArgumentParser(
+            prog=prog,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=PRESET_HELP.format(cpu=preset_flags("cpu")),
+        )
+    )
 
 
 def preset_flags(name: str) -> str:
@@ -212,8 +308,9 @@ def preset_flags(name: str) -> str:
     return " ".join(flags)
 
 
-def parse_train_args(argv=None, *, prog="train", description="Train a VGG on Fashion-MNIST",
-                     extra=None) -> argparse.Namespace:
+def parse_train_args(
+    argv=None, *, prog="train", description="Train a VGG on Fashion-MNIST", extra=None
+) -> argparse.Namespace:
     """Parse and check training flags; a preset's values become defaults before the real parse.
     extra(parser) may add flags of its own (common.compare does)."""
     p = train_parser(prog, description)
@@ -232,8 +329,10 @@ def check_train_args(args) -> None:
     if args.in_channels != 1 or args.num_classes != 10:
         fail("Fashion-MNIST has 1 channel and 10 classes: leave --in-channels and --num-classes at 1 and 10")
     if args.devices and args.batch_size % args.devices:
-        fail(f"--batch-size {args.batch_size} is the global batch and must split evenly over --devices "
-             f"{args.devices}; use a multiple of {args.devices}")
+        fail(
+            f"--batch-size {args.batch_size} is the global batch and must split evenly over --devices "
+            f"{args.devices}; use a multiple of {args.devices}"
+        )
     if args.resume and args.overwrite:
         fail("--resume continues the run in --out and --overwrite replaces it: give one or the other")
     if args.optimizer == "adam" and args.momentum:

@@ -7,6 +7,7 @@ the examples/s are comparable. Each gets the same resolved flags and writes into
 then this writes <out>/report.md, report.json and report.png (the three frameworks' curves).
 A framework that fails is reported as failed, with its last error line; the others' results stay.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,6 +46,7 @@ def run_one(framework: str, argv: list[str], out: Path) -> dict:
     """Train one framework in a subprocess; its stdout and stderr pass through to ours, and the
     tail of stderr is kept for the report in case it fails."""
     import subprocess
+
     cmd = [sys.executable, "-m", FRAMEWORKS[framework], *argv, f"--out={out}"]
     print(f"\n=== {framework}: {' '.join(cmd[1:])}", flush=True)
     start = time.time()
@@ -55,17 +57,32 @@ def run_one(framework: str, argv: list[str], out: Path) -> dict:
         sys.stderr.flush()
         tail = (tail + chunk)[-4000:]
     code, seconds = proc.wait(), time.time() - start
-    row = {"framework": framework, "status": "finished" if code == 0 else f"failed (exit {code})",
-           "seconds": seconds, "command": " ".join(cmd[1:])}
+    row = {
+        "framework": framework,
+        "status": "finished" if code == 0 else f"failed (exit {code})",
+        "seconds": seconds,
+        "command": " ".join(cmd[1:]),
+    }
     metrics_path = out / "metrics.json"
     if metrics_path.is_file() and metrics_path.stat().st_mtime >= start:  # never a stale file from an earlier run
         m = json.loads(metrics_path.read_text())
         epochs = m["epochs"]
-        row.update(parameters=m["parameters"], device=m["device"], data=m["data"]["describe"],
-                   versions=m["versions"], epochs=epochs, curve=m["curve"])
+        row.update(
+            parameters=m["parameters"],
+            device=m["device"],
+            data=m["data"]["describe"],
+            versions=m["versions"],
+            epochs=epochs,
+            curve=m["curve"],
+        )
         if epochs:  # examples/s over the whole run: total examples / total training seconds
-            row.update(examples_per_sec=sum(e["examples"] for e in epochs) / sum(e["examples"] / e["examples_per_sec"] for e in epochs),
-                       train_acc=epochs[-1]["train_acc"], test_acc=epochs[-1]["test_acc"], loss=epochs[-1]["loss"])
+            row.update(
+                examples_per_sec=sum(e["examples"] for e in epochs)
+                / sum(e["examples"] / e["examples_per_sec"] for e in epochs),
+                train_acc=epochs[-1]["train_acc"],
+                test_acc=epochs[-1]["test_acc"],
+                loss=epochs[-1]["loss"],
+            )
         if m["status"] not in ("finished",) and code == 0:
             row["status"] = m["status"]
     if code != 0:
@@ -80,9 +97,17 @@ def table(rows: list[dict]) -> str:
     fmt = lambda r, k, f: f.format(r[k]) if r.get(k) is not None else "-"
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["framework"], fmt(r, "parameters", "{:,}"), fmt(r, "examples_per_sec", "{:.1f}"),
-                 fmt(r, "train_acc", "{:.3f}"), fmt(r, "test_acc", "{:.3f}"), fmt(r, "loss", "{:.3f}"),
-                 r.get("device", "-"), f"{r['seconds']:.0f}", r["status"] + (f": {r['error']}" if r.get("error") else "")]
+        cells = [
+            r["framework"],
+            fmt(r, "parameters", "{:,}"),
+            fmt(r, "examples_per_sec", "{:.1f}"),
+            fmt(r, "train_acc", "{:.3f}"),
+            fmt(r, "test_acc", "{:.3f}"),
+            fmt(r, "loss", "{:.3f}"),
+            r.get("device", "-"),
+            f"{r['seconds']:.0f}",
+            r["status"] + (f": {r['error']}" if r.get("error") else ""),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -93,6 +118,7 @@ def save_plot(path, rows: list[dict]) -> None:
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: slow, and only the plot needs it
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(10, 3.8))
     FigureCanvasAgg(fig)
     loss_ax, acc_ax = fig.subplots(1, 2)
@@ -102,8 +128,13 @@ def save_plot(path, rows: list[dict]) -> None:
         x = [p["epoch"] for p in r["curve"]]
         loss_ax.plot(x, [p["loss"] for p in r["curve"]], "-", color=colour, label=r["framework"])
         acc_ax.plot(x, [p["train_acc"] for p in r["curve"]], "--", color=colour, label=f"{r['framework']} train")
-        acc_ax.plot([e["epoch"] for e in r["epochs"]], [e["test_acc"] for e in r["epochs"]], "o-.", color=colour,
-                    label=f"{r['framework']} test")
+        acc_ax.plot(
+            [e["epoch"] for e in r["epochs"]],
+            [e["test_acc"] for e in r["epochs"]],
+            "o-.",
+            color=colour,
+            label=f"{r['framework']} test",
+        )
     loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (loss_ax, acc_ax):
@@ -117,18 +148,28 @@ def save_plot(path, rows: list[dict]) -> None:
 
 def main(argv=None):
     def extra(p):
-        p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                       help="comma-separated subset of torch, gluon, flax (default: all three, in that order)")
-    args = parse_train_args(argv, prog="python -m common.compare", extra=extra,
-                            description=__doc__.strip().splitlines()[0].split(": ", 1)[1])
+        p.add_argument(
+            "--frameworks",
+            default=",".join(FRAMEWORKS),
+            help="comma-separated subset of torch, gluon, flax (default: all three, in that order)",
+        )
+
+    args = parse_train_args(
+        argv,
+        prog="python -m common.compare",
+        extra=extra,
+        description=__doc__.strip().splitlines()[0].split(": ", 1)[1],
+    )
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
     if unknown or not frameworks:
         from .cli import fail
+
         fail(f"--frameworks: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(FRAMEWORKS)}")
     out = Path(args.out or "runs/compare")
     out.mkdir(parents=True, exist_ok=True)
     from .cli import train_parser
+
     argv_child = child_argv(args, train_parser("", ""))
     if args.progress is not False and (args.progress or sys.stderr.isatty()):
         argv_child.append("--progress")  # the child's stderr is our pipe, not a terminal
@@ -141,13 +182,17 @@ def main(argv=None):
 
     config = " ".join(argv_child)
     data = next((r["data"] for r in rows if r.get("data")), "unknown")
-    text = (f"# VGG on Fashion-MNIST, three frameworks\n\nflags: `{config}`\n\ndata: {data}\n\n{table(rows)}\n\n"
-            "examples/s: training examples per second over all epochs, first step of each epoch excluded "
-            "(compilation); seconds: the whole process, start-up, evaluation and checkpoints included.\n\n"
-            "![curves](report.png)\n")
+    text = (
+        f"# VGG on Fashion-MNIST, three frameworks\n\nflags: `{config}`\n\ndata: {data}\n\n{table(rows)}\n\n"
+        "examples/s: training examples per second over all epochs, first step of each epoch excluded "
+        "(compilation); seconds: the whole process, start-up, evaluation and checkpoints included.\n\n"
+        "![curves](report.png)\n"
+    )
     write_atomic(out / "report.md", text)
-    write_json(out / "report.json", {"flags": argv_child, "data": data,
-                                     "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]})
+    write_json(
+        out / "report.json",
+        {"flags": argv_child, "data": data, "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]},
+    )
     save_plot(out / "report.png", rows)
     print("\n" + table(rows))
     print(f"\ndata: {data}\nwrote {out / 'report.md'}, {out / 'report.json'} and {out / 'report.png'}")

@@ -9,28 +9,41 @@ that PyTorch, Gluon and Flax all see exactly the same pixels in the same order.
 No framework is imported here (a test checks it); matplotlib only inside
 save_image_grid. `python -m common.data` says which data set it finds.
 """
-import argparse, functools, gzip, hashlib, os, queue, sys, threading, time, zlib
-import urllib.request, http.client
+
+import argparse
+import functools
+import gzip
+import hashlib
+import http.client
+import os
+import queue
+import sys
+import threading
+import time
+import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 from tqdm import tqdm
 
 from .files import atomic_path
 
-CLASS_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
-               'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 MEAN, STD = 0.2860, 0.3530  # training-set pixel statistics on a 0-1 scale (72.94 and 90.02 of 255)
 
-MIRRORS = ('http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/',
-           'https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/')
+MIRRORS = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
+)
 FILES = {  # md5 of each .gz as published by Zalando (also in ../shared/fashion-mnist/README.md)
-    'train-images-idx3-ubyte.gz': '8d4fb7e6c68d591d4c3dfef9ec88bf0d',
-    'train-labels-idx1-ubyte.gz': '25c81989df183df01b3e8a0aad5dffbe',
-    't10k-images-idx3-ubyte.gz': 'bef4ecab320f06d8554ea6380940ec79',
-    't10k-labels-idx1-ubyte.gz': 'bb300cfdad3c16e7a12a480ee83cd310',
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
 }
-SAMPLE_DIR = Path(__file__).resolve().parent / 'data'
+SAMPLE_DIR = Path(__file__).resolve().parent / "data"
 RETRY_BACKOFF = 1.0  # seconds before the first retry, doubled each time; tests set it to 0
 
 
@@ -39,17 +52,20 @@ class DataError(Exception):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'vgg-three-ways' / 'fashion-mnist'
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vgg-three-ways" / "fashion-mnist"
 
 
 def _where_to_put(folder) -> str:
-    return (f"Put the four Fashion-MNIST files ({', '.join(FILES)}) in {folder}, or in any folder "
-            f"named by --data-dir or the FASHION_MNIST_DIR environment variable. They are published at "
-            f"{MIRRORS[0]} (MIT licence, https://github.com/zalandoresearch/fashion-mnist).")
+    return (
+        f"Put the four Fashion-MNIST files ({', '.join(FILES)}) in {folder}, or in any folder "
+        f"named by --data-dir or the FASHION_MNIST_DIR environment variable. They are published at "
+        f"{MIRRORS[0]} (MIT licence, https://github.com/zalandoresearch/fashion-mnist)."
+    )
+
 
 # ---------------------------------------------------------------------------- reading
 
-MAGIC = {'images': 2051, 'labels': 2049}
+MAGIC = {"images": 2051, "labels": 2049}
 
 
 def read_idx(path, kind=None) -> np.ndarray:
@@ -58,38 +74,44 @@ def read_idx(path, kind=None) -> np.ndarray:
     'labels'): what the file must hold; a file of the other kind is refused, saying so."""
     path = Path(path)
     if path.is_dir():
-        raise DataError(f'{path} is a folder, not an IDX file; put the file itself there')
+        raise DataError(f"{path} is a folder, not an IDX file; put the file itself there")
     try:
         raw = path.read_bytes()
-        if raw[:2] == b'\x1f\x8b':  # sniff, not trust the name: some tools gunzip in place
+        if raw[:2] == b"\x1f\x8b":  # sniff, not trust the name: some tools gunzip in place
             raw = gzip.decompress(raw)
     except FileNotFoundError:
-        raise DataError(f'{path}: no such file') from None
+        raise DataError(f"{path}: no such file") from None
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a truncated .gz is EOFError
-        raise DataError(f'{path}: corrupt or truncated gzip ({e}); delete it and download it again') from None
+        raise DataError(f"{path}: corrupt or truncated gzip ({e}); delete it and download it again") from None
     if not raw:
-        raise DataError(f'{path}: the file is empty; delete it and download it again')
-    magic = int.from_bytes(raw[:4], 'big') if len(raw) >= 4 else None
+        raise DataError(f"{path}: the file is empty; delete it and download it again")
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
     if magic not in (2049, 2051):
-        raise DataError(f'{path}: bad magic number {magic} (expected 2051 for images or 2049 for labels); '
-                        'this is not a Fashion-MNIST IDX file')
+        raise DataError(
+            f"{path}: bad magic number {magic} (expected 2051 for images or 2049 for labels); "
+            "this is not a Fashion-MNIST IDX file"
+        )
     if kind is not None and magic != MAGIC[kind]:
-        other = 'labels' if kind == 'images' else 'images'
-        raise DataError(f'{path}: holds {other} (magic number {magic}) where {kind} (magic {MAGIC[kind]}) were '
-                        f'expected; are the images and labels files swapped or misnamed?')
+        other = "labels" if kind == "images" else "images"
+        raise DataError(
+            f"{path}: holds {other} (magic number {magic}) where {kind} (magic {MAGIC[kind]}) were "
+            f"expected; are the images and labels files swapped or misnamed?"
+        )
     ndim, header = raw[3], 4 + 4 * raw[3]
     if len(raw) < header:
-        raise DataError(f'{path}: header is truncated')
-    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
+        raise DataError(f"{path}: header is truncated")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if magic == 2051 and dims[1:] != (28, 28):  # the magic's last byte is ndim: 3 here, 1 for labels
-        raise DataError(f'{path}: dimensions {dims} are wrong (Fashion-MNIST images are N x 28 x 28)')
+        raise DataError(f"{path}: dimensions {dims} are wrong (Fashion-MNIST images are N x 28 x 28)")
     size = int(np.prod(dims))
     if len(raw) - header != size:
-        raise DataError(f'{path}: header promises {size:,} bytes of data for {dims} but the file holds '
-                        f'{len(raw) - header:,}; it is truncated or corrupt, download it again')
+        raise DataError(
+            f"{path}: header promises {size:,} bytes of data for {dims} but the file holds "
+            f"{len(raw) - header:,}; it is truncated or corrupt, download it again"
+        )
     array = np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
     if magic == 2049 and array.size and array.max() > 9:
-        raise DataError(f'{path}: label {array.max()} is out of range (Fashion-MNIST labels are 0-9)')
+        raise DataError(f"{path}: label {array.max()} is out of range (Fashion-MNIST labels are 0-9)")
     return array
 
 
@@ -99,59 +121,67 @@ class FashionMNIST:
     train_labels: np.ndarray  # (N,) int64
     test_images: np.ndarray
     test_labels: np.ndarray
-    source: str    # 'full' or 'sample'
+    source: str  # 'full' or 'sample'
     location: str  # the folder the files came from
 
     def describe(self) -> str:
-        name = 'Fashion-MNIST' if self.source == 'full' else 'Fashion-MNIST bundled SAMPLE'
-        return (f'{name}: {len(self.train_images):,} train / {len(self.test_images):,} test images '
-                f'from {self.location}')
+        name = "Fashion-MNIST" if self.source == "full" else "Fashion-MNIST bundled SAMPLE"
+        return f"{name}: {len(self.train_images):,} train / {len(self.test_images):,} test images from {self.location}"
 
 
 def _find(folder: Path, stem: str):
-    return next((p for p in (folder / f'{stem}.gz', folder / stem) if p.exists()), None)
+    return next((p for p in (folder / f"{stem}.gz", folder / stem) if p.exists()), None)
 
 
 def _load_dir(folder, source: str) -> FashionMNIST:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise DataError(f'{folder} is a file, not a folder: name the folder that holds the four Fashion-MNIST files')
+        raise DataError(f"{folder} is a file, not a folder: name the folder that holds the four Fashion-MNIST files")
     paths = {name[:-3]: _find(folder, name[:-3]) for name in FILES}
-    missing = [stem + '[.gz]' for stem, p in paths.items() if p is None]
+    missing = [stem + "[.gz]" for stem, p in paths.items() if p is None]
     if missing:
         raise DataError(f"{folder}: missing {', '.join(missing)}. {_where_to_put(folder)}")
     arrays = []
-    for split in ('train', 't10k'):
-        ipath, lpath = paths[f'{split}-images-idx3-ubyte'], paths[f'{split}-labels-idx1-ubyte']
-        images, labels = read_idx(ipath, 'images'), read_idx(lpath, 'labels')
+    for split in ("train", "t10k"):
+        ipath, lpath = paths[f"{split}-images-idx3-ubyte"], paths[f"{split}-labels-idx1-ubyte"]
+        images, labels = read_idx(ipath, "images"), read_idx(lpath, "labels")
         if len(images) != len(labels):
-            raise DataError(f'{ipath} has {len(images):,} images but {lpath} has {len(labels):,} labels; '
-                            'one of the two files is wrong')
+            raise DataError(
+                f"{ipath} has {len(images):,} images but {lpath} has {len(labels):,} labels; "
+                "one of the two files is wrong"
+            )
         arrays += [images, labels.astype(np.int64)]
     return FashionMNIST(*arrays, source=source, location=str(folder))
 
 
 def sample_dataset() -> FashionMNIST:
     """The class-balanced sample bundled in common/data/ (6,000 train, 1,000 test; see make_sample.py)."""
-    return _load_dir(SAMPLE_DIR, 'sample')
+    return _load_dir(SAMPLE_DIR, "sample")
+
 
 # ---------------------------------------------------------------------------- finding and downloading
+
 
 def _fetch(url: str, path: Path, md5: str, progress: bool, timeout: float):
     # Into a hidden temp file in the same folder, renamed only once the checksum matches
     # (common.files), so a killed or truncated download never leaves a file that later looks good.
     digest = hashlib.md5()
-    with atomic_path(path) as tmp, open(tmp, 'wb') as f, urllib.request.urlopen(url, timeout=timeout) as r:
-        total, received = int(r.headers.get('Content-Length') or 0), 0
-        with tqdm(total=total or None, unit='B', unit_scale=True, desc=path.name, disable=not progress, leave=False) as bar:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+        total, received = int(r.headers.get("Content-Length") or 0), 0
+        with tqdm(
+            total=total or None, unit="B", unit_scale=True, desc=path.name, disable=not progress, leave=False
+        ) as bar:
             while chunk := r.read(1 << 16):
-                f.write(chunk); digest.update(chunk); bar.update(len(chunk))
+                f.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
                 received += len(chunk)
-        f.flush(); os.fsync(f.fileno())
+        f.flush()
+        os.fsync(f.fileno())
         if total and received != total:
-            raise DataError(f'truncated: received {received:,} of {total:,} bytes')
+            raise DataError(f"truncated: received {received:,} of {total:,} bytes")
         if digest.hexdigest() != md5:
-            raise DataError(f'checksum mismatch (md5 {digest.hexdigest()}, expected {md5})')
+            raise DataError(f"checksum mismatch (md5 {digest.hexdigest()}, expected {md5})")
 
 
 def download(dest_dir, *, mirrors=None, checksums=None, progress=True, retries=3, backoff=None, timeout=30.0) -> None:
@@ -164,10 +194,10 @@ def download(dest_dir, *, mirrors=None, checksums=None, progress=True, retries=3
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f'cannot create {dest} ({e}). {_where_to_put("a folder of your choice")}') from None
+        raise DataError(f"cannot create {dest} ({e}). {_where_to_put('a folder of your choice')}") from None
     if mirrors is None:
-        mirrors = os.environ.get('FASHION_MNIST_MIRRORS', '').replace(',', ' ').split() or MIRRORS
-    mirrors = [m if m.endswith('/') else m + '/' for m in mirrors]
+        mirrors = os.environ.get("FASHION_MNIST_MIRRORS", "").replace(",", " ").split() or MIRRORS
+    mirrors = [m if m.endswith("/") else m + "/" for m in mirrors]
     backoff = RETRY_BACKOFF if backoff is None else backoff
     for name, md5 in (FILES if checksums is None else checksums).items():
         path = dest / name
@@ -182,13 +212,16 @@ def download(dest_dir, *, mirrors=None, checksums=None, progress=True, retries=3
                     _fetch(base + name, path, md5, progress, timeout)
                     break
                 except (OSError, http.client.HTTPException, DataError) as e:  # URLError is an OSError
-                    errors.append(f'  {base + name}: {e}')
+                    errors.append(f"  {base + name}: {e}")
             else:
                 continue
             break
         else:
-            raise DataError(f'could not download {name} ({retries} tries of each mirror):\n' +
-                            '\n'.join(dict.fromkeys(errors)) + f'\n{_where_to_put(dest)}')
+            raise DataError(
+                f"could not download {name} ({retries} tries of each mirror):\n"
+                + "\n".join(dict.fromkeys(errors))
+                + f"\n{_where_to_put(dest)}"
+            )
 
 
 _download = download  # load_fashion_mnist's `download` flag shadows the function's name
@@ -198,31 +231,36 @@ def load_fashion_mnist(data_dir=None, *, download=True, allow_sample=True, progr
     """Find Fashion-MNIST: data_dir, else $FASHION_MNIST_DIR (either must hold good files: an
     explicit folder is never silently replaced), else the user cache (downloaded or repaired there
     if download=True), else, if allow_sample, the bundled sample with a warning on stderr."""
-    explicit = data_dir or os.environ.get('FASHION_MNIST_DIR')
+    explicit = data_dir or os.environ.get("FASHION_MNIST_DIR")
     if explicit:  # the bundled sample's own folder, named explicitly, is still the sample
-        return _load_dir(explicit, 'sample' if Path(explicit).resolve() == SAMPLE_DIR else 'full')
+        return _load_dir(explicit, "sample" if Path(explicit).resolve() == SAMPLE_DIR else "full")
     cache = cache_dir()
-    problem = f'Fashion-MNIST is not in {cache} and downloading is off. {_where_to_put(cache)}'
+    problem = f"Fashion-MNIST is not in {cache} and downloading is off. {_where_to_put(cache)}"
     if all(_find(cache, name[:-3]) for name in FILES):
         try:
-            return _load_dir(cache, 'full')
+            return _load_dir(cache, "full")
         except DataError as e:  # the cache is ours to repair: download() replaces files that fail their md5
-            problem = f'the cached copy is unusable: {e}'
+            problem = f"the cached copy is unusable: {e}"
     if download:
         try:
             _download(cache, progress=progress)
-            return _load_dir(cache, 'full')
+            return _load_dir(cache, "full")
         except DataError as e:
-            problem = f'Fashion-MNIST could not be downloaded: {e}'
+            problem = f"Fashion-MNIST could not be downloaded: {e}"
     if not allow_sample:
         raise DataError(problem)
-    print(f'WARNING: {problem}\nWARNING: using the bundled sample of 6,000 train / 1,000 test images '
-          f'from {SAMPLE_DIR}; results will not match the full data set.', file=sys.stderr)
+    print(
+        f"WARNING: {problem}\nWARNING: using the bundled sample of 6,000 train / 1,000 test images "
+        f"from {SAMPLE_DIR}; results will not match the full data set.",
+        file=sys.stderr,
+    )
     return sample_dataset()
+
 
 # ---------------------------------------------------------------------------- resizing and batches
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     # Row i holds the bilinear weights of output pixel i: half-pixel centres,
     # source = (i + 0.5) * n_in / n_out - 0.5 clamped at 0, no antialiasing; this is
@@ -250,9 +288,9 @@ def resize_bilinear(images, size: int, out=None) -> np.ndarray:
     if out is None:
         out = np.empty((n, size, size), np.float32)
     elif out.shape != (n, size, size) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f'out must be a C-contiguous float32 array of shape {(n, size, size)}')
-    rows = np.matmul(_resize_matrix(h, size), x)                                # (N, size, W)
-    np.matmul(rows, _resize_matrix(w, size).T, out=out)                         # (N, size, size)
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {(n, size, size)}")
+    rows = np.matmul(_resize_matrix(h, size), x)  # (N, size, W)
+    np.matmul(rows, _resize_matrix(w, size).T, out=out)  # (N, size, size)
     return out
 
 
@@ -269,17 +307,29 @@ class Loader:
     only part i of n of each one (contiguous rows, np.array_split), so the n processes of a
     job together see exactly the batches that one process with shard=(0, 1) sees."""
 
-    def __init__(self, images, labels, *, batch_size=128, resize=None, shuffle=True, seed=0,
-                 drop_last=False, normalize=False, prefetch=2, shard=(0, 1)):
+    def __init__(
+        self,
+        images,
+        labels,
+        *,
+        batch_size=128,
+        resize=None,
+        shuffle=True,
+        seed=0,
+        drop_last=False,
+        normalize=False,
+        prefetch=2,
+        shard=(0, 1),
+    ):
         self.images, self.labels = np.asarray(images), np.asarray(labels).astype(np.int64, copy=False)
         if self.images.ndim != 3 or len(self.images) != len(self.labels):
-            raise ValueError(f'need (N, H, W) images and N labels, got {self.images.shape} and {self.labels.shape}')
+            raise ValueError(f"need (N, H, W) images and N labels, got {self.images.shape} and {self.labels.shape}")
         if self.images.shape[1] != self.images.shape[2] and resize is None:
-            raise ValueError(f'images are {self.images.shape[1:]}, pass resize= to make them square')
+            raise ValueError(f"images are {self.images.shape[1:]}, pass resize= to make them square")
         self.batch_size, self.size, self.shuffle, self.seed = batch_size, resize or self.images.shape[1], shuffle, seed
         self.drop_last, self.normalize, self.prefetch = drop_last, normalize, prefetch
         if not 0 <= shard[0] < shard[1]:
-            raise ValueError(f'shard=(index, count) needs 0 <= index < count, got {shard}')
+            raise ValueError(f"shard=(index, count) needs 0 <= index < count, got {shard}")
         self.shard = tuple(shard)
         self.local_batch_size = -(-batch_size // shard[1])  # rows of this shard's largest part
         # uint8 is 0-255, floats are taken as 0-1. Normalising before resizing is exact
@@ -315,7 +365,7 @@ class Loader:
         starts = range(0, len(self) * b, b)
         if not self.prefetch:
             for s in starts:
-                yield self._batch(order[s:s + b])
+                yield self._batch(order[s : s + b])
             return
         q, stop, done = queue.Queue(self.prefetch), threading.Event(), object()
 
@@ -331,13 +381,13 @@ class Loader:
         def work():
             try:
                 for s in starts:
-                    if not put(self._batch(order[s:s + b])):
+                    if not put(self._batch(order[s : s + b])):
                         return
                 put(done)
             except BaseException as e:  # handed to the consumer, raised there
                 put(e)
 
-        thread = threading.Thread(target=work, name='fashion-mnist-prefetch', daemon=True)
+        thread = threading.Thread(target=work, name="fashion-mnist-prefetch", daemon=True)
         thread.start()
         try:
             while (item := q.get()) is not done:
@@ -348,13 +398,16 @@ class Loader:
             stop.set()
             thread.join()
 
+
 # ---------------------------------------------------------------------------- pictures
+
 
 def save_image_grid(path, images, labels, *, ncols=8, predictions=None) -> None:
     """Save images (N, H, W) or (N, 1, H, W) as a PNG grid titled with class names, as d2l shows
     them; with predictions, titles read 'predicted (true)', red where wrong. Written atomically."""
-    from matplotlib.figure import Figure  # imported here: slow, and only pictures need it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # imported here: slow, and only pictures need it
+
     images = np.asarray(images)
     images = images.reshape(len(images), *images.shape[-2:])
     nrows = max(1, -(-len(images) // ncols))
@@ -362,36 +415,36 @@ def save_image_grid(path, images, labels, *, ncols=8, predictions=None) -> None:
     FigureCanvasAgg(fig)
     for i, (image, label) in enumerate(zip(images, labels)):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        ax.imshow(image, cmap='gray')
-        ax.axis('off')
-        title, color = CLASS_NAMES[int(label)], 'black'
+        ax.imshow(image, cmap="gray")
+        ax.axis("off")
+        title, color = CLASS_NAMES[int(label)], "black"
         if predictions is not None:
             p = int(np.argmax(predictions[i]) if np.ndim(predictions[i]) else predictions[i])
-            title, color = f'{CLASS_NAMES[p]}\n({title})', ('black' if p == int(label) else 'red')
+            title, color = f"{CLASS_NAMES[p]}\n({title})", ("black" if p == int(label) else "red")
         ax.set_title(title, fontsize=8, color=color)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format='png')
+        fig.savefig(tmp, format="png")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description='Find (or download) Fashion-MNIST and say which data set it is.')
-    p.add_argument('--data-dir', help='folder with the four IDX files (default: $FASHION_MNIST_DIR, then the cache)')
-    p.add_argument('--no-download', action='store_true')
-    p.add_argument('--grid', metavar='PNG', help='also save a grid of the first 32 training images')
+    p = argparse.ArgumentParser(description="Find (or download) Fashion-MNIST and say which data set it is.")
+    p.add_argument("--data-dir", help="folder with the four IDX files (default: $FASHION_MNIST_DIR, then the cache)")
+    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--grid", metavar="PNG", help="also save a grid of the first 32 training images")
     args = p.parse_args(argv)
     try:
         data = load_fashion_mnist(args.data_dir, download=not args.no_download)
     except DataError as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(data.describe())
     if args.grid:
         save_image_grid(args.grid, data.train_images[:32], data.train_labels[:32])
-        print(f'saved {args.grid}')
+        print(f"saved {args.grid}")
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -5,6 +5,7 @@
 class RunError(Exception):
     """An expected failure of a run: the message says what went wrong and what to do; `code` is
     the exit code the command line ends with."""
+
     code = 2
 
 
@@ -19,11 +20,13 @@ class DeviceError(RunError):
 
 class Diverged(RunError):
     """The loss became NaN or infinite."""
+
     code = 1
 
 
 class Interrupted(RunError):
     """Ctrl-C (SIGINT); the message says where the run stopped and what is kept."""
+
     code = 130
 
 

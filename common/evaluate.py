@@ -7,6 +7,7 @@ vgg_flax.xla_cpu; the other two ignore it) and `predict(net, x, device)`: the pr
 one NCHW NumPy batch, as a NumPy array.
 No framework is imported here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,21 @@ def accuracy(predict, loader) -> float:
 
 
 def evaluate_main(prog: str, argv, *, framework: str, pick_device, load_model, predict) -> float:
-    p = argparse.ArgumentParser(prog=f"python -m {prog}",
-                                description=f"Test accuracy on Fashion-MNIST, in {framework}, of weights saved by any of the three frameworks.")
-    p.add_argument("--weights", required=True, metavar="FILE.safetensors",
-                   help="canonical weights with their spec in the metadata (vgg_X.weights.save)")
-    p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files (default: $FASHION_MNIST_DIR, "
-                                      "the cache, a download, else the bundled sample)")
+    p = argparse.ArgumentParser(
+        prog=f"python -m {prog}",
+        description=f"Test accuracy on Fashion-MNIST, in {framework}, of weights saved by any of the three frameworks.",
+    )
+    p.add_argument(
+        "--weights",
+        required=True,
+        metavar="FILE.safetensors",
+        help="canonical weights with their spec in the metadata (vgg_X.weights.save)",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="folder with the four Fashion-MNIST IDX files (default: $FASHION_MNIST_DIR, "
+        "the cache, a download, else the bundled sample)",
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="auto: the GPU when one is visible")
     add_cpu_workarounds_arg(p)
@@ -43,8 +53,10 @@ def evaluate_main(prog: str, argv, *, framework: str, pick_device, load_model, p
         fail(str(e))
     h, w = spec.image_size
     if (spec.in_channels, spec.num_classes) != (1, 10) or h != w:
-        fail(f"{args.weights} holds a model for {spec.in_channels}x{h}x{w} inputs and {spec.num_classes} classes; "
-             "Fashion-MNIST evaluation needs 1 channel, 10 classes and a square input")
+        fail(
+            f"{args.weights} holds a model for {spec.in_channels}x{h}x{w} inputs and {spec.num_classes} classes; "
+            "Fashion-MNIST evaluation needs 1 channel, 10 classes and a square input"
+        )
     try:
         data = load_fashion_mnist(args.data_dir)
     except DataError as e:
@@ -53,11 +65,14 @@ def evaluate_main(prog: str, argv, *, framework: str, pick_device, load_model, p
     net = load_model(spec, tensors, device, cpu_workarounds=args.cpu_workarounds)
     # the file says how its model saw images in training; the default is the loader's 0-1 scale
     normalize = metadata.get("normalize", "false").lower() in ("true", "1")
-    loader = Loader(data.test_images, data.test_labels, batch_size=args.batch_size, resize=h, shuffle=False,
-                    normalize=normalize)
+    loader = Loader(
+        data.test_images, data.test_labels, batch_size=args.batch_size, resize=h, shuffle=False, normalize=normalize
+    )
     acc = accuracy(lambda x: predict(net, x, device), loader)
-    print(f"{framework} on {device}: {spec.name} ({h}x{h} px{', normalised' if normalize else ''}) "
-          f"from {args.weights} (saved by {metadata.get('framework', 'unknown')})")
+    print(
+        f"{framework} on {device}: {spec.name} ({h}x{h} px{', normalised' if normalize else ''}) "
+        f"from {args.weights} (saved by {metadata.get('framework', 'unknown')})"
+    )
     print(data.describe())
     print(f"test accuracy {acc:.4f} ({round(acc * len(data.test_labels)):,} / {len(data.test_labels):,})")
     return acc

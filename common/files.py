@@ -10,6 +10,7 @@ new one, never half of one. The file gets the mode a plain open() would give, 0o
 umask: mkstemp makes 0600 and safetensors' writer does too, which would hide exported weights
 from the other users of a shared run folder while its reports stayed readable.
 """
+
 from __future__ import annotations
 
 import contextlib

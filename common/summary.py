@@ -3,6 +3,7 @@
 Each framework runs in its own process (`python -m vgg_X.model`), so this module,
 like all of `common`, imports no framework. Flags are passed through unchanged.
 """
+
 from __future__ import annotations
 
 import subprocess

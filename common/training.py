@@ -31,6 +31,7 @@ Reports, in --out (default runs/<framework>/):
                         `python -m vgg_X.evaluate --weights` in any of the three frameworks
     .lock           while a run writes there: its process id (see Run.claim)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,7 +57,8 @@ from tqdm import tqdm
 from .arch import make_spec
 from .data import Loader, load_fashion_mnist
 from .errors import CheckpointError, DeviceError, Diverged, Interrupted, RunError  # noqa: F401  (importable from here too)
-from .files import umask as _umask, write_atomic  # noqa: F401  (write_atomic: importable from here too)
+from .files import umask as _umask  # noqa: F401  (write_atomic: importable from here too)
+from .files import write_atomic
 
 try:
     import fcntl
@@ -64,8 +66,21 @@ except ImportError:  # Windows: no flock; runs there are not locked
     fcntl = None
 
 # Flags that define the run's arithmetic: --resume refuses to continue with different ones.
-RESUME_KEYS = ("arch", "width_ratio", "scale_classifier", "dropout", "resize", "batch_size", "lr",
-               "optimizer", "momentum", "normalize", "init", "seed", "max_steps")
+RESUME_KEYS = (
+    "arch",
+    "width_ratio",
+    "scale_classifier",
+    "dropout",
+    "resize",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "normalize",
+    "init",
+    "seed",
+    "max_steps",
+)
 CURVE_POINTS = 5  # points per epoch in the plot's training curves, as d2l's animator
 
 
@@ -74,6 +89,7 @@ class TrainConfig:
     """Every training flag (common.cli.add_train_args), built once from the parsed command line:
     `TrainConfig.from_args(common.cli.parse_train_args(argv))`. No defaults here: the flags
     define them, once."""
+
     arch: object
     width_ratio: int
     scale_classifier: bool
@@ -110,9 +126,15 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
 
     def spec(self):
-        return make_spec(self.arch, in_channels=self.in_channels, num_classes=self.num_classes,
-                         image_size=self.resize, width_ratio=self.width_ratio,
-                         scale_classifier=self.scale_classifier, dropout=self.dropout)
+        return make_spec(
+            self.arch,
+            in_channels=self.in_channels,
+            num_classes=self.num_classes,
+            image_size=self.resize,
+            width_ratio=self.width_ratio,
+            scale_classifier=self.scale_classifier,
+            dropout=self.dropout,
+        )
 
 
 def keep_freed_memory() -> bool:
@@ -150,21 +172,25 @@ def padded_batches(loader: Loader):
 def pick_device(requested: str, gpu_visible: bool, framework: str) -> bool:
     """True for the GPU. `auto` takes one when visible; `gpu` without one raises DeviceError."""
     if requested == "gpu" and not gpu_visible:
-        raise DeviceError(f"--device gpu: no GPU is visible to {framework}. Install its GPU build (docs/gpus.md) "
-                          "or use --device cpu")
+        raise DeviceError(
+            f"--device gpu: no GPU is visible to {framework}. Install its GPU build (docs/gpus.md) or use --device cpu"
+        )
     return requested != "cpu" and gpu_visible
 
 
 def epoch_line(e: dict) -> str:
     """d2l's train_ch6 report, one per epoch."""
-    return (f"loss {e['loss']:.3f}, train acc {e['train_acc']:.3f}, test acc {e['test_acc']:.3f}, "
-            f"{e['examples_per_sec']:.1f} examples/sec on {e['device']}")
+    return (
+        f"loss {e['loss']:.3f}, train acc {e['train_acc']:.3f}, test acc {e['test_acc']:.3f}, "
+        f"{e['examples_per_sec']:.1f} examples/sec on {e['device']}"
+    )
 
 
 def save_plot(path, metrics: dict) -> None:
     """Train loss, train accuracy (within-epoch points) and test accuracy (per epoch), one axes, as d2l."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: slow, and only the plot needs it
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(5, 3.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -172,8 +198,11 @@ def save_plot(path, metrics: dict) -> None:
     ax.plot([p["epoch"] for p in curve], [p["loss"] for p in curve], "-", label="train loss")
     ax.plot([p["epoch"] for p in curve], [p["train_acc"] for p in curve], "m--", label="train acc")
     ax.plot([e["epoch"] for e in epochs], [e["test_acc"] for e in epochs], "g-.o", label="test acc")
-    ax.set(xlabel="epoch", xlim=(0, max(1, len(epochs))),
-           title=f"{metrics['framework']}: {metrics['model']} on {metrics['device']}")
+    ax.set(
+        xlabel="epoch",
+        xlim=(0, max(1, len(epochs))),
+        title=f"{metrics['framework']}: {metrics['model']} on {metrics['device']}",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -196,8 +225,9 @@ def check_out(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         where = f" at {e.filename}" if e.filename and str(e.filename) != str(out) else ""
-        raise RunError(f"--out {out}: cannot make this folder ({e.strerror}{where}); "
-                       "give a folder on a disk you can write to") from None
+        raise RunError(
+            f"--out {out}: cannot make this folder ({e.strerror}{where}); give a folder on a disk you can write to"
+        ) from None
     if hasattr(os, "statvfs") and os.statvfs(out).f_flag & os.ST_RDONLY:
         raise RunError(f"--out {out} is on a read-only file system; give a folder you can write to")
     if not os.access(out, os.W_OK | os.X_OK):
@@ -209,8 +239,10 @@ def finish_first():
     """Ctrl-C waits until the block is done (a second Ctrl-C does not). Around the checkpoint
     write, so that an epoch that has finished is kept; a kill at any moment is safe as well
     (Run.save_checkpoint)."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield  # not ours to change: another thread, a handler of the caller's, or Ctrl-C ignored
         return
     hits = []
@@ -258,15 +290,18 @@ class Run:
             try:
                 fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as e:
-                raise RunError(f"--out {self.out}: cannot write there ({e.strerror}); "
-                               "give a folder you can write to") from None
+                raise RunError(
+                    f"--out {self.out}: cannot write there ({e.strerror}); give a folder you can write to"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 pid = os.read(fd, 32).decode(errors="replace").strip()
                 os.close(fd)
-                raise RunError(f"{self.out} is in use by another run (process {pid or 'unknown'}); wait for it to "
-                               "end, or give this run another --out") from None
+                raise RunError(
+                    f"{self.out} is in use by another run (process {pid or 'unknown'}); wait for it to "
+                    "end, or give this run another --out"
+                ) from None
             try:  # the run that held it may have ended and removed the file meanwhile: then lock the new one
                 if os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino:
                     break
@@ -294,8 +329,10 @@ class Run:
         unless --overwrite. Returns what is there (or None)."""
         held = self._holds()
         if held and not overwrite:
-            raise RunError(f"{self.out} already holds a run ({held}); --resume continues it, --out NEW starts "
-                           "elsewhere, --overwrite replaces it")
+            raise RunError(
+                f"{self.out} already holds a run ({held}); --resume continues it, --out NEW starts "
+                "elsewhere, --overwrite replaces it"
+            )
         return held
 
     def _holds(self):
@@ -341,12 +378,16 @@ class Run:
                 problems.append(f"{folder.name}: {e if isinstance(e, CheckpointError) else _reason(e)}")
                 continue
             if problems:
-                say(f"warning: {'; '.join(problems)}; resuming from {folder.name} (epoch {epoch}), the one before",
-                    file=sys.stderr)
+                say(
+                    f"warning: {'; '.join(problems)}; resuming from {folder.name} (epoch {epoch}), the one before",
+                    file=sys.stderr,
+                )
             self.saved = (epoch, folder)
             return epoch
-        raise CheckpointError(f"--resume: the checkpoint in {self.out} cannot be read ({'; '.join(problems)}); "
-                              "--overwrite starts afresh there, --out NEW elsewhere")
+        raise CheckpointError(
+            f"--resume: the checkpoint in {self.out} cannot be read ({'; '.join(problems)}); "
+            "--overwrite starts afresh there, --out NEW elsewhere"
+        )
 
     # -- writing
     def save_checkpoint(self, backend, epoch: int) -> None:
@@ -411,30 +452,42 @@ def _resume(files: Run, config: TrainConfig, framework: str):
     the checkpoint is this run's and the flags match. Reads only."""
     candidates, problem, run_id = files.checkpoints()
     if not candidates:
-        raise CheckpointError(f"--resume: no checkpoint in {files.out}{f' ({problem})' if problem else ''}; "
-                              "run without --resume to start, or point --out at an earlier run")
+        raise CheckpointError(
+            f"--resume: no checkpoint in {files.out}{f' ({problem})' if problem else ''}; "
+            "run without --resume to start, or point --out at an earlier run"
+        )
     try:
         old = json.loads(files.metrics_path.read_text())
         old_config = old["config"]
     except FileNotFoundError:
-        raise CheckpointError(f"--resume: {files.out} has a checkpoint but no metrics.json, so its flags are "
-                              "unknown; --overwrite starts afresh there, --out NEW elsewhere") from None
+        raise CheckpointError(
+            f"--resume: {files.out} has a checkpoint but no metrics.json, so its flags are "
+            "unknown; --overwrite starts afresh there, --out NEW elsewhere"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"--resume: {files.metrics_path} is damaged ({_reason(e)}), so the checkpoint cannot "
-                              "be matched to its flags; --overwrite starts afresh there, --out NEW elsewhere") from None
+        raise CheckpointError(
+            f"--resume: {files.metrics_path} is damaged ({_reason(e)}), so the checkpoint cannot "
+            "be matched to its flags; --overwrite starts afresh there, --out NEW elsewhere"
+        ) from None
     if old.get("framework") != framework:
-        raise CheckpointError(f"--resume: {files.out} holds a {old.get('framework')} run, not {framework}; "
-                              "use another --out")
+        raise CheckpointError(
+            f"--resume: {files.out} holds a {old.get('framework')} run, not {framework}; use another --out"
+        )
     if run_id and old.get("run") and run_id != old["run"]:
-        raise CheckpointError(f"--resume: the checkpoint in {files.out} belongs to an earlier run than its "
-                              "metrics.json (a run started there with --overwrite stopped before its first "
-                              "checkpoint); --overwrite starts afresh there, --out NEW elsewhere")
+        raise CheckpointError(
+            f"--resume: the checkpoint in {files.out} belongs to an earlier run than its "
+            "metrics.json (a run started there with --overwrite stopped before its first "
+            "checkpoint); --overwrite starts afresh there, --out NEW elsewhere"
+        )
     new = config.as_dict()
-    changed = [f"--{k.replace('_', '-')} {old_config.get(k)} -> {new[k]}" for k in RESUME_KEYS
-               if old_config.get(k) != new[k]]
+    changed = [
+        f"--{k.replace('_', '-')} {old_config.get(k)} -> {new[k]}" for k in RESUME_KEYS if old_config.get(k) != new[k]
+    ]
     if changed:
-        raise CheckpointError(f"--resume: flags differ from the run in {files.out} ({'; '.join(changed)}); "
-                              "give the same flags, or start a new run in another --out")
+        raise CheckpointError(
+            f"--resume: flags differ from the run in {files.out} ({'; '.join(changed)}); "
+            "give the same flags, or start a new run in another --out"
+        )
     return old, candidates, problem
 
 
@@ -445,15 +498,21 @@ def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metri
     backend.start_epoch(epoch)
     every = max(1, steps // CURVE_POINTS)
     loss_sum = correct = seen = 0
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{metrics['config']['epochs']}", disable=not progress,
-               unit="batch", leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch + 1}/{metrics['config']['epochs']}",
+        disable=not progress,
+        unit="batch",
+        leave=False,
+        dynamic_ncols=True,
+    )
 
     def account(out, n, step):
         nonlocal loss_sum, correct, seen, timed_from
-        l, c = backend.fetch(out)
-        if not math.isfinite(l):
-            raise FloatingPointError(f"the loss became {l} at epoch {epoch + 1}, step {step}")
-        loss_sum, correct, seen = loss_sum + l, correct + c, seen + n
+        loss, c = backend.fetch(out)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss} at epoch {epoch + 1}, step {step}")
+        loss_sum, correct, seen = loss_sum + loss, correct + c, seen + n
         if step == 1:  # the clock starts once the first step is done: it carries the compilation
             timed_from = (time.perf_counter(), seen)
         bar.update(1)
@@ -487,6 +546,7 @@ def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metri
 @dataclasses.dataclass
 class _Started:
     """What start-up hands to the epoch loop."""
+
     backend: object
     files: Run
     metrics: dict
@@ -510,8 +570,9 @@ def _start(config: TrainConfig, make_backend, files: Run) -> _Started:
     files.where = "start-up (reading the data)"
     data = load_fashion_mnist(config.data_dir, progress=config.progress is not False)
     if len(data.train_images) < config.batch_size:
-        raise RunError(f"--batch-size {config.batch_size} is larger than the training set "
-                       f"({len(data.train_images):,} images)")
+        raise RunError(
+            f"--batch-size {config.batch_size} is larger than the training set ({len(data.train_images):,} images)"
+        )
     files.where = "start-up (building the model)"
     backend = make_backend(config)
     files.writes = getattr(backend, "primary", True)  # data parallel: the first process prints and writes for all
@@ -528,16 +589,26 @@ def _start(config: TrainConfig, make_backend, files: Run) -> _Started:
     spec = config.spec()
     metrics = old or {}
     metrics.update(
-        framework=framework, versions={**backend.versions, "python": platform.python_version(), "numpy": np.__version__},
-        model=spec.name, parameters=backend.parameters, device=backend.device, threads=backend.threads,
-        config=config.as_dict(), data={"source": data.source, "describe": data.describe()},
-        run=files.id, status="running", message="")
+        framework=framework,
+        versions={**backend.versions, "python": platform.python_version(), "numpy": np.__version__},
+        model=spec.name,
+        parameters=backend.parameters,
+        device=backend.device,
+        threads=backend.threads,
+        config=config.as_dict(),
+        data={"source": data.source, "describe": data.describe()},
+        run=files.id,
+        status="running",
+        message="",
+    )
     metrics.setdefault("epochs", [])
     metrics.setdefault("curve", [])
     files.metrics = metrics  # the run has started: an interrupt from here on is recorded in metrics.json
-    say(f"{framework} ({', '.join(f'{k} {v}' for k, v in backend.versions.items())}): {spec.name} at "
+    say(
+        f"{framework} ({', '.join(f'{k} {v}' for k, v in backend.versions.items())}): {spec.name} at "
         f"{config.resize} px, {backend.parameters:,} parameters, on {backend.device}"
-        f"{' (--device auto)' if config.device == 'auto' else ''} ({backend.threads})")
+        f"{' (--device auto)' if config.device == 'auto' else ''} ({backend.threads})"
+    )
     say(data.describe())
     if held:
         say(f"note: --overwrite: {files.out} holds an earlier run ({held}); this run's first checkpoint replaces it")
@@ -552,11 +623,26 @@ def _start(config: TrainConfig, make_backend, files: Run) -> _Started:
         say(f"nothing to do: {files.out} already holds {first} epochs (ask for more with --epochs)")
 
     shard = getattr(backend, "shard", (0, 1))  # data parallel: this process's part of each global batch
-    train = Loader(data.train_images, data.train_labels, batch_size=config.batch_size, resize=config.resize,
-                   seed=config.seed, normalize=config.normalize, shuffle=True, shard=shard,
-                   drop_last=True)  # every step sees one batch shape: one compiled program, one graph
-    test = Loader(data.test_images, data.test_labels, batch_size=config.batch_size, resize=config.resize,
-                  normalize=config.normalize, shuffle=False, shard=shard)
+    train = Loader(
+        data.train_images,
+        data.train_labels,
+        batch_size=config.batch_size,
+        resize=config.resize,
+        seed=config.seed,
+        normalize=config.normalize,
+        shuffle=True,
+        shard=shard,
+        drop_last=True,
+    )  # every step sees one batch shape: one compiled program, one graph
+    test = Loader(
+        data.test_images,
+        data.test_labels,
+        batch_size=config.batch_size,
+        resize=config.resize,
+        normalize=config.normalize,
+        shuffle=False,
+        shard=shard,
+    )
     steps = min(len(train), config.max_steps or len(train))
     progress = (sys.stderr.isatty() if config.progress is None else config.progress) and files.writes
     return _Started(backend, files, metrics, say, train, test, first, steps, progress)
@@ -570,18 +656,31 @@ def _epochs(config: TrainConfig, s: _Started) -> dict:
         try:
             loss, train_acc, seen, speed, seconds = train_epoch(backend, s.train, epoch, s.steps, s.progress, metrics)
         except FloatingPointError as e:
-            kept = (f"the last good checkpoint ({files.saved[1]}, epoch {files.saved[0]}) is kept" if files.saved
-                    else "no checkpoint was written")
+            kept = (
+                f"the last good checkpoint ({files.saved[1]}, epoch {files.saved[0]}) is kept"
+                if files.saved
+                else "no checkpoint was written"
+            )
             metrics.update(status="diverged", message=f"{e}; {kept}")
             files.write(metrics)
-            raise Diverged(f"{e}: training diverged. Lower the learning rate (now --lr {config.lr}; "
-                           f"try {config.lr / 10:g}); {kept}") from None
+            raise Diverged(
+                f"{e}: training diverged. Lower the learning rate (now --lr {config.lr}; "
+                f"try {config.lr / 10:g}); {kept}"
+            ) from None
         files.where = f"the evaluation after epoch {epoch + 1}"
         t = time.perf_counter()
         test_acc = backend.evaluate(s.test)
-        entry = dict(epoch=epoch + 1, loss=loss, train_acc=train_acc, test_acc=test_acc,
-                     examples_per_sec=speed, examples=seen, train_seconds=seconds,
-                     eval_seconds=time.perf_counter() - t, device=backend.device)
+        entry = dict(
+            epoch=epoch + 1,
+            loss=loss,
+            train_acc=train_acc,
+            test_acc=test_acc,
+            examples_per_sec=speed,
+            examples=seen,
+            train_seconds=seconds,
+            eval_seconds=time.perf_counter() - t,
+            device=backend.device,
+        )
         metrics["epochs"].append(entry)
         say(f"epoch {epoch + 1}/{config.epochs}: {epoch_line(entry)}", flush=True)
         files.where = f"the checkpoint of epoch {epoch + 1} (written to the end first)"

@@ -11,6 +11,7 @@ feature map flattens. Stored as safetensors (float32), with the spec in the
 metadata so that a file alone rebuilds its model. Each framework's weights.py
 holds its own rename and transposes; this file imports no framework.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,11 @@ def check_compatible(expected: dict, got: dict, what: str = "the model") -> None
 
     `expected` maps names to shapes; `got` maps names to arrays or shapes."""
     shapes = {k: tuple(getattr(v, "shape", v)) for k, v in got.items()}
-    bad = [n for n in sorted(expected.keys() | shapes.keys(), key=_network_order)
-           if n not in expected or n not in shapes or tuple(expected[n]) != shapes[n]]
+    bad = [
+        n
+        for n in sorted(expected.keys() | shapes.keys(), key=_network_order)
+        if n not in expected or n not in shapes or tuple(expected[n]) != shapes[n]
+    ]
     if not bad:
         return
     n = bad[0]
@@ -80,9 +84,13 @@ def check_compatible(expected: dict, got: dict, what: str = "the model") -> None
         why = f"the weights have {n} {shapes[n]}, which {what} does not"
     else:
         why = f"{n} is {shapes[n]} in the weights but {tuple(expected[n])} in {what}"
-    more = {1: "", 2: " (1 more tensor differs after it)"}.get(len(bad), f" ({len(bad) - 1} more tensors differ after it)")
-    raise WeightsError(f"weights do not fit {what}: the first layer that differs is {layer}: {why}{more}. "
-                       "Were they saved from another configuration (arch, width ratio, image size, batch norm, classes)?")
+    more = {1: "", 2: " (1 more tensor differs after it)"}.get(
+        len(bad), f" ({len(bad) - 1} more tensors differ after it)"
+    )
+    raise WeightsError(
+        f"weights do not fit {what}: the first layer that differs is {layer}: {why}{more}. "
+        "Were they saved from another configuration (arch, width ratio, image size, batch norm, classes)?"
+    )
 
 
 # --- the spec in the file's metadata ----------------------------------------
@@ -91,41 +99,63 @@ def check_compatible(expected: dict, got: dict, what: str = "the model") -> None
 def spec_metadata(spec: VGGSpec, **extra: str) -> dict[str, str]:
     """Metadata for save_weights: the spec (enough to rebuild the model) plus free-form strings
     (e.g. framework='torch'). safetensors metadata is str -> str, so the spec travels as JSON."""
-    fields = dict(name=spec.name, blocks=[[b.out_channels, list(b.kernel_sizes)] for b in spec.blocks],
-                  in_channels=spec.in_channels, num_classes=spec.num_classes, image_size=list(spec.image_size),
-                  hidden_units=spec.hidden_units, dropout=spec.dropout, batch_norm=spec.batch_norm, lrn=spec.lrn)
+    fields = dict(
+        name=spec.name,
+        blocks=[[b.out_channels, list(b.kernel_sizes)] for b in spec.blocks],
+        in_channels=spec.in_channels,
+        num_classes=spec.num_classes,
+        image_size=list(spec.image_size),
+        hidden_units=spec.hidden_units,
+        dropout=spec.dropout,
+        batch_norm=spec.batch_norm,
+        lrn=spec.lrn,
+    )
     return {"format": FORMAT, "spec": json.dumps(fields), **{k: str(v) for k, v in extra.items()}}
 
 
 def spec_from_metadata(metadata: dict[str, str]) -> VGGSpec:
     try:
         f = json.loads(metadata["spec"])
-        spec = VGGSpec(name=f["name"], blocks=tuple(Block(c, tuple(ks)) for c, ks in f["blocks"]),
-                       in_channels=f["in_channels"], num_classes=f["num_classes"], image_size=tuple(f["image_size"]),
-                       hidden_units=f["hidden_units"], dropout=f["dropout"], batch_norm=f["batch_norm"], lrn=f["lrn"])
+        spec = VGGSpec(
+            name=f["name"],
+            blocks=tuple(Block(c, tuple(ks)) for c, ks in f["blocks"]),
+            in_channels=f["in_channels"],
+            num_classes=f["num_classes"],
+            image_size=tuple(f["image_size"]),
+            hidden_units=f["hidden_units"],
+            dropout=f["dropout"],
+            batch_norm=f["batch_norm"],
+            lrn=f["lrn"],
+        )
         problem = _spec_problem(spec)
     except (KeyError, TypeError, ValueError) as e:
         problem = f"{type(e).__name__}: {e}"
     if problem:
-        raise WeightsError(f"the file's metadata holds no usable VGG spec ({problem}); "
-                           f"was it written by this project's save()?")
+        raise WeightsError(
+            f"the file's metadata holds no usable VGG spec ({problem}); was it written by this project's save()?"
+        )
     return spec
 
 
 def _spec_problem(spec: VGGSpec) -> str:
     """What makes a spec read from a file unbuildable (make_spec refuses the same on the command line), or ''."""
+
     def positive(v):
         return type(v) is int and v > 0
+
     counts = [spec.in_channels, spec.num_classes, spec.hidden_units, *spec.image_size]
     if not spec.blocks or not all(map(positive, counts)) or len(spec.image_size) != 2:
         return "sizes must be positive integers and there must be at least one block"
-    if not all(positive(b.out_channels) and b.kernel_sizes and all(k in (1, 3) for k in b.kernel_sizes)
-               for b in spec.blocks):
+    if not all(
+        positive(b.out_channels) and b.kernel_sizes and all(k in (1, 3) for k in b.kernel_sizes) for b in spec.blocks
+    ):
         return "every block needs positive channels and kernels of size 1 or 3"
     if min(spec.image_size) >> len(spec.blocks) < 1:
         return f"{len(spec.blocks)} poolings shrink a {spec.image_size} input to nothing"
-    if not (type(spec.dropout) in (int, float) and 0 <= spec.dropout < 1) \
-            or {type(spec.batch_norm), type(spec.lrn)} != {bool}:
+    if not (type(spec.dropout) in (int, float) and 0 <= spec.dropout < 1) or {
+        type(spec.batch_norm),
+        type(spec.lrn),
+    } != {bool}:
         return "dropout must lie in [0, 1) and batch_norm and lrn be true or false"
     return ""
 
@@ -166,9 +196,11 @@ def _refuse_non_finite(path: Path, tensors: dict[str, np.ndarray]) -> None:
     nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
     what = " and ".join(w for w in (f"{nan:,} NaN" if nan else "", f"{inf:,} infinite" if inf else "") if w)
     more = {1: ""}.get(len(bad), f"; {len(bad) - 1} more tensor{'s' * (len(bad) > 2)} after it too")
-    raise WeightsError(f"{path}: {name} holds {what} values (of {x.size:,}){more}. Weights must be finite (one NaN "
-                       "spreads through the network and spoils the predictions); were they saved after training "
-                       "diverged? Use weights from an earlier epoch")
+    raise WeightsError(
+        f"{path}: {name} holds {what} values (of {x.size:,}){more}. Weights must be finite (one NaN "
+        "spreads through the network and spoils the predictions); were they saved after training "
+        "diverged? Use weights from an earlier epoch"
+    )
 
 
 def load_weights(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -194,12 +226,17 @@ def load_weights(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                     tensors[k] = f.get_tensor(k)
                 elif dtype in _CONVERTED:
                     converted.setdefault(_CONVERTED[dtype], []).append(k)
-                    tensors[k] = (_bfloat16(path, k, f.get_slice(k).get_shape()) if dtype == "BF16"
-                                  else f.get_tensor(k).astype(np.float32))
+                    tensors[k] = (
+                        _bfloat16(path, k, f.get_slice(k).get_shape())
+                        if dtype == "BF16"
+                        else f.get_tensor(k).astype(np.float32)
+                    )
                 else:
                     kind = dtype.lower().replace("i", "int", 1).replace("u", "uint", 1).replace("f", "float", 1)
-                    raise WeightsError(f"{path}: {k} stores {kind} values; weights are floating point (float32, "
-                                       "or float16, bfloat16, float64, which are converted). Is this a weights file?")
+                    raise WeightsError(
+                        f"{path}: {k} stores {kind} values; weights are floating point (float32, "
+                        "or float16, bfloat16, float64, which are converted). Is this a weights file?"
+                    )
     except WeightsError:
         raise
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
@@ -216,8 +253,10 @@ def read_spec(path) -> tuple[VGGSpec, dict[str, np.ndarray], dict[str, str]]:
     """(spec, tensors, metadata) of a file, the tensors already checked against the spec."""
     tensors, metadata = load_weights(path)
     if metadata.get("format") != FORMAT:
-        raise WeightsError(f"{path}: not a {FORMAT} weights file (metadata format is {metadata.get('format')!r}); "
-                           "write one with vgg_torch/vgg_gluon/vgg_flax .weights.save()")
+        raise WeightsError(
+            f"{path}: not a {FORMAT} weights file (metadata format is {metadata.get('format')!r}); "
+            "write one with vgg_torch/vgg_gluon/vgg_flax .weights.save()"
+        )
     try:
         spec = spec_from_metadata(metadata)
         check_compatible(expected_canonical(spec), tensors, f"the spec in its own metadata ({spec.name})")

@@ -4,6 +4,7 @@ Each adapter builds a model without allocating where its framework allows
 (torch's meta device, Gluon before `initialize`, `nnx.eval_shape`), and reports
 shapes in NCHW so that they compare with `common.arch` directly.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,6 +39,7 @@ class Torch:
         import torch
 
         import vgg_torch.model as m
+
         self.torch, self.m = torch, m
 
     def abstract(self, arch, **kw):
@@ -68,6 +70,7 @@ class Torch:
     @property
     def weights(self):
         import vgg_torch.weights as w
+
         return w
 
     def infer(self, net, x_nchw):
@@ -101,6 +104,7 @@ class Gluon:
         import vgg_gluon.model as m  # first: vgg_gluon restores np.bool before mxnet is imported
 
         import mxnet as mx
+
         self.mx, self.m = mx, m
 
     def abstract(self, arch, **kw):
@@ -132,6 +136,7 @@ class Gluon:
     @property
     def weights(self):
         import vgg_gluon.weights as w
+
         return w
 
     def infer(self, net, x_nchw):
@@ -139,15 +144,20 @@ class Gluon:
 
     def loss_grads(self, net, x_nchw, y):
         from mxnet import autograd, gluon
+
         with autograd.record(train_mode=True):
             loss = gluon.loss.SoftmaxCrossEntropyLoss()(net(self.mx.nd.array(x_nchw)), self.mx.nd.array(y)).mean()
         loss.backward()
-        grads = {self.weights._canonical_name(k): p.grad().asnumpy()
-                 for k, p in net._collect_params_with_prefix().items() if p.grad_req != "null"}
+        grads = {
+            self.weights._canonical_name(k): p.grad().asnumpy()
+            for k, p in net._collect_params_with_prefix().items()
+            if p.grad_req != "null"
+        }
         return float(loss.asscalar()), grads
 
     def sgd_step(self, net, x_nchw, y, lr):
         from mxnet import autograd, gluon
+
         trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
         with autograd.record(train_mode=True):
             loss = gluon.loss.SoftmaxCrossEntropyLoss()(net(self.mx.nd.array(x_nchw)), self.mx.nd.array(y))
@@ -162,6 +172,7 @@ class Flax:
         from flax import nnx
 
         import vgg_flax.model as m
+
         self.nnx, self.m = nnx, m
 
     def abstract(self, arch, **kw):
@@ -188,6 +199,7 @@ class Flax:
     @property
     def weights(self):
         import vgg_flax.weights as w
+
         return w
 
     def infer(self, model, x_nchw):
@@ -196,6 +208,7 @@ class Flax:
 
     def _value_and_grad(self, model, x_nchw, y):
         import optax
+
         x = np.transpose(x_nchw, (0, 2, 3, 1))
         model.train()  # batch norm on batch statistics; the tests set dropout to 0
         loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
@@ -207,6 +220,7 @@ class Flax:
 
     def sgd_step(self, model, x_nchw, y, lr):
         import optax
+
         opt = self.nnx.Optimizer(model, optax.sgd(lr), wrt=self.nnx.Param)
         _, grads = self._value_and_grad(model, x_nchw, y)
         opt.update(model, grads)

@@ -1,15 +1,30 @@
 """The shared arithmetic against independent truths: the paper and torchvision."""
+
 import subprocess
 import sys
 
 import pytest
 
-from common.arch import (D2L_CONV_ARCH, ArchError, expected_counts, expected_shapes, flops_per_example, make_spec,
-                         parse_arch, valid_names)
+from common.arch import (
+    D2L_CONV_ARCH,
+    ArchError,
+    expected_counts,
+    expected_shapes,
+    flops_per_example,
+    make_spec,
+    parse_arch,
+    valid_names,
+)
 
 # torchvision's published trainable-parameter counts (3x224x224, 1000 classes).
-TORCHVISION = {"vgg11": 132_863_336, "vgg13": 133_047_848, "vgg16": 138_357_544, "vgg19": 143_667_240,
-               "vgg11_bn": 132_868_840, "vgg16_bn": 138_365_992}
+TORCHVISION = {
+    "vgg11": 132_863_336,
+    "vgg13": 133_047_848,
+    "vgg16": 138_357_544,
+    "vgg19": 143_667_240,
+    "vgg11_bn": 132_868_840,
+    "vgg16_bn": 138_365_992,
+}
 # The paper's Table 2, in millions.
 TABLE2 = {"A": 133, "A-LRN": 133, "B": 133, "C": 134, "D": 138, "E": 144}
 
@@ -38,9 +53,16 @@ def test_d2l_conv_arch_is_vgg11():
 def test_d2l_shapes_written_out():
     # d2l's per-block printout (1x224x224, 10 classes)
     assert expected_shapes(make_spec(D2L_CONV_ARCH)) == [
-        ("block1", (1, 64, 112, 112)), ("block2", (1, 128, 56, 56)), ("block3", (1, 256, 28, 28)),
-        ("block4", (1, 512, 14, 14)), ("block5", (1, 512, 7, 7)), ("flatten", (1, 25088)),
-        ("fc1", (1, 4096)), ("fc2", (1, 4096)), ("fc3", (1, 10))]
+        ("block1", (1, 64, 112, 112)),
+        ("block2", (1, 128, 56, 56)),
+        ("block3", (1, 256, 28, 28)),
+        ("block4", (1, 512, 14, 14)),
+        ("block5", (1, 512, 7, 7)),
+        ("flatten", (1, 25088)),
+        ("fc1", (1, 4096)),
+        ("fc2", (1, 4096)),
+        ("fc3", (1, 10)),
+    ]
 
 
 def test_width_ratio_and_classifier_scaling():
@@ -68,19 +90,22 @@ def test_flops_written_out():
     assert flops_per_example(spec) == conv + dense
 
 
-@pytest.mark.parametrize("arch,kwargs,needle", [
-    ("vgg42", {}, "valid names: vgg11"),
-    ("vgg11", {"width_ratio": 128}, "0 channels"),
-    ("vgg11", {"image_size": 28}, "smallest size that works is 32"),
-    (((1, 64), (1,)), {}, "block 2"),
-    (((1, 64), (0, 128)), {}, "num_convs, out_channels"),
-    (((1, 64), ("2", 128)), {}, "num_convs, out_channels"),
-    ((), {}, "empty"),
-    (42, {}, "neither a known name"),
-    ("vgg11", {"in_channels": 0}, "in_channels"),
-    ("vgg11", {"dropout": 1.0}, "dropout"),
-    ("vgg11_lrn", {"batch_norm": True}, "pick one"),
-])
+@pytest.mark.parametrize(
+    "arch,kwargs,needle",
+    [
+        ("vgg42", {}, "valid names: vgg11"),
+        ("vgg11", {"width_ratio": 128}, "0 channels"),
+        ("vgg11", {"image_size": 28}, "smallest size that works is 32"),
+        (((1, 64), (1,)), {}, "block 2"),
+        (((1, 64), (0, 128)), {}, "num_convs, out_channels"),
+        (((1, 64), ("2", 128)), {}, "num_convs, out_channels"),
+        ((), {}, "empty"),
+        (42, {}, "neither a known name"),
+        ("vgg11", {"in_channels": 0}, "in_channels"),
+        ("vgg11", {"dropout": 1.0}, "dropout"),
+        ("vgg11_lrn", {"batch_norm": True}, "pick one"),
+    ],
+)
 def test_bad_input_errors_say_what_is_accepted(arch, kwargs, needle):
     with pytest.raises(ArchError, match=needle.replace("(", r"\(")):
         make_spec(arch, **kwargs)
@@ -98,8 +123,10 @@ def test_every_name_resolves():
 
 
 def test_common_imports_no_framework():
-    code = ("import sys, common, common.arch, common.cli, common.summary, importlib, pkgutil\n"
-            "for m in pkgutil.iter_modules(common.__path__): importlib.import_module('common.' + m.name)\n"
-            "bad = [m for m in ('torch', 'mxnet', 'jax', 'flax', 'optax') if m in sys.modules]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys, common, common.arch, common.cli, common.summary, importlib, pkgutil\n"
+        "for m in pkgutil.iter_modules(common.__path__): importlib.import_module('common.' + m.name)\n"
+        "bad = [m for m in ('torch', 'mxnet', 'jax', 'flax', 'optax') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

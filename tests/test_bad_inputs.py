@@ -5,8 +5,8 @@ and a note where the run can go on), never a traceback, and nothing already on d
 Tiny models on the bundled sample keep it fast. Cases decided in `common` (the weights file, the
 data files, the flags) run through one framework each, in turn; cases where the frameworks differ
 (their checkpoints, float16 weights in their models) run through all three."""
+
 import hashlib
-import json
 import os
 import pickle
 import shutil
@@ -16,24 +16,49 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from frameworks import random_canonical
 from safetensors.numpy import save_file
 
 from common.arch import make_spec
 from common.weights import expected_canonical, save_weights, spec_metadata
-from frameworks import random_canonical
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "common" / "data"
 FRAMEWORKS = ("torch", "gluon", "flax")
 SPEC = make_spec("vgg11", width_ratio=8, scale_classifier=True, image_size=32)
-TRAIN = ["--arch", "vgg11", "--width-ratio", "8", "--scale-classifier", "--resize", "32", "--batch-size", "32",
-         "--max-steps", "1", "--epochs", "1", "--no-progress", "--device", "cpu", "--data-dir", str(SAMPLE)]
+TRAIN = [
+    "--arch",
+    "vgg11",
+    "--width-ratio",
+    "8",
+    "--scale-classifier",
+    "--resize",
+    "32",
+    "--batch-size",
+    "32",
+    "--max-steps",
+    "1",
+    "--epochs",
+    "1",
+    "--no-progress",
+    "--device",
+    "cpu",
+    "--data-dir",
+    str(SAMPLE),
+]
 
 
 def cli(module, *args, umask=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=600, preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
+    )
 
 
 def refused(r, *words):
@@ -46,8 +71,11 @@ def refused(r, *words):
 
 
 def snapshot(folder) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 # ---------------------------------------------------------------------------- weights files
@@ -70,8 +98,11 @@ def files(tmp_path_factory):
     (d / "empty.safetensors").write_bytes(b"")
     (d / "text.safetensors").write_text("these are not the weights you are looking for\n" * 4)
     vgg13 = make_spec("vgg13", width_ratio=8, scale_classifier=True, image_size=32)
-    save_file({k: np.zeros(s, np.float32) for k, s in expected_canonical(vgg13).items()}, d / "other_spec.safetensors",
-              metadata=metadata)
+    save_file(
+        {k: np.zeros(s, np.float32) for k, s in expected_canonical(vgg13).items()},
+        d / "other_spec.safetensors",
+        metadata=metadata,
+    )
     (d / "run").mkdir()
     save_weights(d / "run" / "model.safetensors", tensors, metadata)
     (d / "empty_folder").mkdir()
@@ -84,10 +115,18 @@ WEIGHTS_CASES = [
     ("integers", "gluon", "int.safetensors", ["block1.conv1.weight stores int32 values", "floating point"]),
     ("empty file", "flax", "empty.safetensors", ["empty.safetensors: not a readable safetensors file"]),
     ("text file", "torch", "text.safetensors", ["text.safetensors: not a readable safetensors file"]),
-    ("another spec", "gluon", "other_spec.safetensors",
-     ["other_spec.safetensors: weights do not fit the spec in its own metadata", "block1.conv2"]),
-    ("folder with weights", "flax", "run", ["run is a folder, not a weights file; did you mean",
-                                            "run/model.safetensors?"]),
+    (
+        "another spec",
+        "gluon",
+        "other_spec.safetensors",
+        ["other_spec.safetensors: weights do not fit the spec in its own metadata", "block1.conv2"],
+    ),
+    (
+        "folder with weights",
+        "flax",
+        "run",
+        ["run is a folder, not a weights file; did you mean", "run/model.safetensors?"],
+    ),
     ("folder without", "torch", "empty_folder", ["empty_folder is a folder", "it holds no model.safetensors"]),
     ("missing", "gluon", "missing.safetensors", ["missing.safetensors: no such file"]),
 ]
@@ -103,8 +142,11 @@ def test_evaluate_refuses_bad_weights(files, case, fw, name, words):
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_evaluate_refuses_nan_weights(files, fw):
     """Before: test accuracy 0.1000 and exit code 0, in every framework."""
-    error = refused(cli(f"vgg_{fw}.evaluate", "--weights", files / "nan.safetensors", "--data-dir", SAMPLE),
-                    "nan.safetensors: fc3.weight holds 4 NaN values (of 5,120)", "must be finite")
+    error = refused(
+        cli(f"vgg_{fw}.evaluate", "--weights", files / "nan.safetensors", "--data-dir", SAMPLE),
+        "nan.safetensors: fc3.weight holds 4 NaN values (of 5,120)",
+        "must be finite",
+    )
     assert "test accuracy" not in error
 
 
@@ -113,8 +155,10 @@ def test_evaluate_widens_float16_with_a_note(files, fw):
     """float16 weights run, with a note, and give the accuracy of their float32 values."""
     r = cli(f"vgg_{fw}.evaluate", "--weights", files / "f16.safetensors", "--data-dir", SAMPLE)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
-    assert f"note: {files / 'f16.safetensors'} stores float16 (block1.conv1.weight and 21 more); widened to float32" \
+    assert (
+        f"note: {files / 'f16.safetensors'} stores float16 (block1.conv1.weight and 21 more); widened to float32"
         in r.stderr.splitlines()
+    )
     assert "test accuracy" in r.stdout
 
 
@@ -123,19 +167,24 @@ def test_evaluate_widens_float16_with_a_note(files, fw):
 
 def test_labels_file_with_the_images_magic(tmp_path):
     import gzip
+
     data = tmp_path / "data"
     shutil.copytree(SAMPLE, data)
     labels = data / "t10k-labels-idx1-ubyte.gz"
     raw = gzip.decompress(labels.read_bytes())
     labels.write_bytes(gzip.compress((2051).to_bytes(4, "big") + raw[4:]))
     before = snapshot(data)
-    refused(cli("vgg_flax.evaluate", "--weights", ROOT / "README.md", "--data-dir", data),
-            "README.md: not a readable safetensors file")  # the weights are read first
+    refused(
+        cli("vgg_flax.evaluate", "--weights", ROOT / "README.md", "--data-dir", data),
+        "README.md: not a readable safetensors file",
+    )  # the weights are read first
     # and with good weights, the labels file: before, "dimensions (1000, 16843016, ...) are wrong"
     good = tmp_path / "w.safetensors"
     save_weights(good, random_canonical(SPEC), spec_metadata(SPEC))
-    refused(cli("vgg_torch.evaluate", "--weights", good, "--data-dir", data),
-            "t10k-labels-idx1-ubyte.gz: holds images (magic number 2051) where labels (magic 2049) were expected")
+    refused(
+        cli("vgg_torch.evaluate", "--weights", good, "--data-dir", data),
+        "t10k-labels-idx1-ubyte.gz: holds images (magic number 2051) where labels (magic 2049) were expected",
+    )
     assert snapshot(data) == before
 
 
@@ -145,13 +194,20 @@ def test_data_dir_that_is_a_file(tmp_path):
     refused(cli("vgg_gluon.evaluate", "--weights", good, "--data-dir", good), "w.safetensors is a file, not a folder")
 
 
-@pytest.mark.parametrize("module,argv,words", [
-    # before: argparse's "invalid parse_arch value", without the project's explanation
-    ("vgg_torch.train", ["--arch", "((1,64),(1,128)"],
-     ["argument --arch: --arch '((1,64),(1,128)' is not a valid tuple"]),
-    ("vgg_gluon.model", ["--image-size", "100000"], ["GiB of float32 weights, more than this machine's"]),
-    ("vgg_flax.model", ["--arch", "[]"], ["architecture is empty"]),
-], ids=["arch-literal", "huge-model", "empty-arch"])
+@pytest.mark.parametrize(
+    "module,argv,words",
+    [
+        # before: argparse's "invalid parse_arch value", without the project's explanation
+        (
+            "vgg_torch.train",
+            ["--arch", "((1,64),(1,128)"],
+            ["argument --arch: --arch '((1,64),(1,128)' is not a valid tuple"],
+        ),
+        ("vgg_gluon.model", ["--image-size", "100000"], ["GiB of float32 weights, more than this machine's"]),
+        ("vgg_flax.model", ["--arch", "[]"], ["architecture is empty"]),
+    ],
+    ids=["arch-literal", "huge-model", "empty-arch"],
+)
 def test_bad_model_flags(tmp_path, module, argv, words):
     refused(cli(module, *argv, *(["--out", tmp_path / "never"] if module.endswith("train") else [])), *words)
     assert not (tmp_path / "never").exists()
@@ -173,8 +229,13 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_run_files_get_the_umask_mode(runs, fw):
     """Before: model.safetensors (and the checkpoint's safetensors files) were 0600, metrics.json 0644 (umask 022)."""
-    files = ["model.safetensors", "metrics.json", "metrics.png", "checkpoint.json",
-             *(str(p.relative_to(runs / fw)) for p in (runs / fw / "checkpoint-epoch1").iterdir())]
+    files = [
+        "model.safetensors",
+        "metrics.json",
+        "metrics.png",
+        "checkpoint.json",
+        *(str(p.relative_to(runs / fw)) for p in (runs / fw / "checkpoint-epoch1").iterdir()),
+    ]
     modes = {p: os.stat(runs / fw / p).st_mode & 0o777 for p in files}
     assert modes == dict.fromkeys(modes, 0o640), {k: oct(v) for k, v in modes.items()}
     assert os.stat(runs / fw / "checkpoint-epoch1").st_mode & 0o777 == 0o750
@@ -197,8 +258,10 @@ def _crafted_pickle(marker) -> bytes:
 def _torch_zip_pickle(path, marker):
     """torch.save's zip layout around a crafted pickle (torch.load reads data.pkl inside it)."""
     import torch
+
     torch.save({"epoch": 1}, path)
     import zipfile
+
     with zipfile.ZipFile(path) as z:
         names = {n: z.read(n) for n in z.namelist()}
     with zipfile.ZipFile(path, "w") as z:
@@ -208,14 +271,38 @@ def _torch_zip_pickle(path, marker):
 
 # framework, file in checkpoint-epoch1, how it is spoilt, the words of the error
 CHECKPOINT_CASES = [
-    ("torch", "state.pt", "code", ["state.pt is not a checkpoint this project wrote", "refers to posix.system",
-                                   "could run code", "another --out"]),
-    ("gluon", "trainer.states", "code", ["trainer.states is not a checkpoint this project wrote",
-                                         "refers to posix.system", "could run code"]),
-    ("gluon", "model.params", "garbage", ["model.params is not a checkpoint this project wrote, or it is damaged",
-                                          "Invalid NDArray file format"]),
-    ("flax", "state.safetensors", "foreign", ["state.safetensors is not a checkpoint this project wrote for this model",
-                                              "it has no model/block1/conv1/bias"]),
+    (
+        "torch",
+        "state.pt",
+        "code",
+        [
+            "state.pt is not a checkpoint this project wrote",
+            "refers to posix.system",
+            "could run code",
+            "another --out",
+        ],
+    ),
+    (
+        "gluon",
+        "trainer.states",
+        "code",
+        ["trainer.states is not a checkpoint this project wrote", "refers to posix.system", "could run code"],
+    ),
+    (
+        "gluon",
+        "model.params",
+        "garbage",
+        ["model.params is not a checkpoint this project wrote, or it is damaged", "Invalid NDArray file format"],
+    ),
+    (
+        "flax",
+        "state.safetensors",
+        "foreign",
+        [
+            "state.safetensors is not a checkpoint this project wrote for this model",
+            "it has no model/block1/conv1/bias",
+        ],
+    ),
 ]
 
 

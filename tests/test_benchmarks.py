@@ -5,6 +5,7 @@ every framework and peer was measured, that the peers were built at the same wid
 project's models (their parameter counts against common.arch's arithmetic), and that the
 ratios in the report follow from the measurements in it.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,35 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fashion-mnist"
 DATA = SHARED if SHARED.is_dir() else ROOT / "common" / "data"
 FRAMEWORKS = ["vgg_torch", "vgg_gluon", "vgg_flax", "torchvision", "gluon_zoo"]
-TINY = ["--sizes", "32", "--width-ratio", "16", "--steps", "2", "--warmup", "1", "--batch-size", "32",
-        "--matmul-sizes", "256", "--matmul-repeats", "1", "--flax-place-state", "--data-dir", str(DATA)]
+TINY = [
+    "--sizes",
+    "32",
+    "--width-ratio",
+    "16",
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+    "--batch-size",
+    "32",
+    "--matmul-sizes",
+    "256",
+    "--matmul-repeats",
+    "1",
+    "--flax-place-state",
+    "--data-dir",
+    str(DATA),
+]
 
 
 def bench(*argv, out):
-    return subprocess.run([sys.executable, "-m", "benchmarks.throughput", *argv, "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.throughput", *argv, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +96,15 @@ def test_extra_runs_a_framework_under_another_interpreter(report):
     assert "flax_other: flax " in stdout
 
 
-@pytest.mark.parametrize("extra,message", [("flax_old=/no/such/python:flax", "no interpreter at /no/such/python"),
-                                           ("flax_old=" + sys.executable + ":keras", "unknown framework 'keras'"),
-                                           ("vgg_torch=" + sys.executable + ":flax", "the name 'vgg_torch' is taken"),
-                                           ("flax_old", "write NAME=PYTHON:FRAMEWORK")])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ("flax_old=/no/such/python:flax", "no interpreter at /no/such/python"),
+        ("flax_old=" + sys.executable + ":keras", "unknown framework 'keras'"),
+        ("vgg_torch=" + sys.executable + ":flax", "the name 'vgg_torch' is taken"),
+        ("flax_old", "write NAME=PYTHON:FRAMEWORK"),
+    ],
+)
 def test_extra_mistakes_fail_with_a_message(tmp_path, extra, message):
     proc = bench(*TINY, "--extra", extra, out=tmp_path / "x.json")
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
@@ -122,6 +150,7 @@ def test_unsupported_precision_is_reported_not_crashed(tmp_path):
 
 def test_gpu_without_a_gpu_fails_with_a_message(tmp_path):
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: --device gpu would run")
     proc = bench(*TINY, "--device", "gpu", out=tmp_path / "gpu.json")

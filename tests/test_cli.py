@@ -1,4 +1,6 @@
 """Training flags: defaults, presets, and clear errors (exit code 2, one line, no traceback)."""
+
+import dataclasses
 import json
 import os
 import subprocess
@@ -23,8 +25,17 @@ def error_of(capsys, argv) -> str:
 
 def test_defaults_are_the_d2l_recipe():
     a = parse_train_args([])
-    assert (a.arch, a.width_ratio, a.resize, a.epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.init) == \
-        ("vgg11", 4, 224, 10, 128, 0.05, "sgd", 0.0, "xavier")  # d2l.train_ch6 with ratio = 4
+    assert (a.arch, a.width_ratio, a.resize, a.epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.init) == (
+        "vgg11",
+        4,
+        224,
+        10,
+        128,
+        0.05,
+        "sgd",
+        0.0,
+        "xavier",
+    )  # d2l.train_ch6 with ratio = 4
     assert not a.normalize and not a.scale_classifier and a.dropout == 0.5 and a.device == "auto"
 
 
@@ -43,26 +54,29 @@ def test_preset_is_the_flags_it_prints():
     assert by_name == by_flags
 
 
-@pytest.mark.parametrize("argv,says", [
-    (["--lr", "-1"], "--lr must be a positive"),
-    (["--lr", "nan"], "--lr must be a positive"),
-    (["--lr", "inf"], "--lr must be a positive"),
-    (["--lr", "fast"], "--lr must be a number"),
-    (["--epochs", "0"], "--epochs must be a positive"),
-    (["--batch-size", "2.5"], "--batch-size must be an integer"),
-    (["--max-steps", "-3"], "--max-steps must be a positive"),
-    (["--momentum", "1.5"], "--momentum must lie in [0, 1)"),
-    (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
-    (["--device", "tpu"], "invalid choice: 'tpu'"),
-    (["--init", "he"], "invalid choice: 'he'"),
-    (["--preset", "gpu"], "invalid choice: 'gpu'"),
-    (["--arch", "vgg12"], "unknown architecture 'vgg12'"),
-    (["--resize", "16"], "the smallest size that works is 32"),
-    (["--width-ratio", "1000"], "the largest ratio that works is 64"),
-    (["--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to --optimizer sgd only"),
-    (["--in-channels", "3"], "Fashion-MNIST has 1 channel and 10 classes"),
-    (["--dropout", "1.0"], "dropout must lie in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["--lr", "-1"], "--lr must be a positive"),
+        (["--lr", "nan"], "--lr must be a positive"),
+        (["--lr", "inf"], "--lr must be a positive"),
+        (["--lr", "fast"], "--lr must be a number"),
+        (["--epochs", "0"], "--epochs must be a positive"),
+        (["--batch-size", "2.5"], "--batch-size must be an integer"),
+        (["--max-steps", "-3"], "--max-steps must be a positive"),
+        (["--momentum", "1.5"], "--momentum must lie in [0, 1)"),
+        (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+        (["--device", "tpu"], "invalid choice: 'tpu'"),
+        (["--init", "he"], "invalid choice: 'he'"),
+        (["--preset", "gpu"], "invalid choice: 'gpu'"),
+        (["--arch", "vgg12"], "unknown architecture 'vgg12'"),
+        (["--resize", "16"], "the smallest size that works is 32"),
+        (["--width-ratio", "1000"], "the largest ratio that works is 64"),
+        (["--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to --optimizer sgd only"),
+        (["--in-channels", "3"], "Fashion-MNIST has 1 channel and 10 classes"),
+        (["--dropout", "1.0"], "dropout must lie in [0, 1)"),
+    ],
+)
 def test_bad_flags_and_combinations(capsys, argv, says):
     assert says in error_of(capsys, argv)
 
@@ -77,8 +91,9 @@ def test_train_script_rejects_bad_flag_and_missing_gpu(fw, tmp_path):
     """Through the real entry point, in a fresh process: exit code 2, a one-line error, no traceback.
     The GPU is hidden, so `--device gpu` fails the same way on a machine that has one."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    run = lambda *a: subprocess.run([sys.executable, "-m", f"vgg_{fw}.train", *a], capture_output=True, text=True,
-                                    cwd=ROOT, env=env, timeout=300)
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-m", f"vgg_{fw}.train", *a], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
     bad = run("--lr", "-1")
     assert bad.returncode == 2 and "--lr must be a positive" in bad.stderr and "Traceback" not in bad.stderr
     gpu = run("--device", "gpu", "--data-dir", str(ROOT / "common" / "data"), "--resize", "32", "--out", str(tmp_path))
@@ -98,13 +113,15 @@ def test_resume_refuses_missing_or_different_runs(tmp_path):
             raise AssertionError("built a backend")
 
     config = lambda *a: training.TrainConfig.from_args(
-        parse_train_args(["--data-dir", str(ROOT / "common" / "data"), "--out", str(tmp_path), *a]))
+        parse_train_args(["--data-dir", str(ROOT / "common" / "data"), "--out", str(tmp_path), *a])
+    )
     with pytest.raises(training.CheckpointError, match="--resume: no checkpoint in") as e:
         training.run(config("--resume"), Never)
     assert e.value.code == 2
     (tmp_path / "checkpoint.json").write_text(json.dumps({"epoch": 1, "folder": "checkpoint-epoch1"}))
-    (tmp_path / "metrics.json").write_text(json.dumps({"framework": "torch", "config": config().as_dict(),
-                                                       "epochs": [], "curve": []}))
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({"framework": "torch", "config": config().as_dict(), "epochs": [], "curve": []})
+    )
     with pytest.raises(training.CheckpointError, match="--lr 0.05 -> 0.1"):
         training.run(config("--resume", "--lr", "0.1"), Never)
     with pytest.raises(DataError, match="missing"):
@@ -115,10 +132,11 @@ def test_train_config_is_every_training_flag():
     """TrainConfig (what training.run takes) has a field for each flag, and metrics.json's "config"
     is the parsed flags as they were always written (vars of the argparse Namespace)."""
     from common.training import TrainConfig
+
     args = parse_train_args(["--arch", "((1,8),(1,16),(1,16),(1,16),(1,16))", "--resize", "32"])
     config = TrainConfig.from_args(args)
     assert config.as_dict() == json.loads(json.dumps(vars(args), default=list))
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.lr = 1.0
 
 

@@ -1,51 +1,76 @@
 """Tests of common.data: the IDX reader and its checks, the download path (against a local
 HTTP server on 127.0.0.1 only), the resize (against torch), the Loader, the bundled sample,
 and the real files from ../shared/fashion-mnist when they are there."""
-import gzip, hashlib, http.server, os, socket, subprocess, sys, threading, time
+
+import gzip
+import hashlib
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+
 import numpy as np
 import pytest
+
 from common import data
-from common.data import (CLASS_NAMES, MEAN, STD, DataError, Loader, download, load_fashion_mnist, read_idx,
-                         resize_bilinear, sample_dataset, save_image_grid)
+from common.data import (
+    CLASS_NAMES,
+    MEAN,
+    STD,
+    DataError,
+    Loader,
+    download,
+    load_fashion_mnist,
+    read_idx,
+    resize_bilinear,
+    sample_dataset,
+    save_image_grid,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get('FASHION_MNIST_DIR') or Path(__file__).resolve().parents[2] / 'shared' / 'fashion-mnist')
+SHARED = Path(os.environ.get("FASHION_MNIST_DIR") or Path(__file__).resolve().parents[2] / "shared" / "fashion-mnist")
 
 
 def closed_port_url():
     s = socket.socket()
-    s.bind(('127.0.0.1', 0))
+    s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now: connection refused, as offline
-    return f'http://127.0.0.1:{port}/'
+    return f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     # No test may find the developer's cache or reach the internet: the cache is a temp
     # folder and the only mirror is a closed port on this machine unless a test says otherwise.
-    monkeypatch.delenv('FASHION_MNIST_DIR', raising=False)
-    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
-    monkeypatch.setenv('FASHION_MNIST_MIRRORS', closed_port_url())
-    monkeypatch.setattr(data, 'RETRY_BACKOFF', 0.0)
+    monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASHION_MNIST_MIRRORS", closed_port_url())
+    monkeypatch.setattr(data, "RETRY_BACKOFF", 0.0)
 
 
 # ---------------------------------------------------------------------------- synthetic IDX files
+
 
 def idx(array, magic=None):
     """IDX bytes written by hand (independently of common.make_sample); the magic's last byte is ndim."""
     array = np.asarray(array, np.uint8)
     magic = magic or (2049 if array.ndim == 1 else 2051)
-    return magic.to_bytes(4, 'big') + b''.join(d.to_bytes(4, 'big') for d in array.shape) + array.tobytes()
+    return magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
 
 
 def synthetic(n_train=20, n_test=10, seed=0):
     rng = np.random.default_rng(seed)
-    return {'train-images-idx3-ubyte': rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-            'train-labels-idx1-ubyte': np.arange(n_train, dtype=np.uint8) % 10,
-            't10k-images-idx3-ubyte': rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-            't10k-labels-idx1-ubyte': np.arange(n_test, dtype=np.uint8) % 10}
+    return {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": np.arange(n_test, dtype=np.uint8) % 10,
+    }
 
 
 def write_dir(folder, arrays=None, gz=True, override=None):
@@ -54,97 +79,108 @@ def write_dir(folder, arrays=None, gz=True, override=None):
     for stem, array in (arrays or synthetic()).items():
         raw = (override or {}).get(stem, idx(array))
         if gz:
-            (folder / f'{stem}.gz').write_bytes(gzip.compress(raw, mtime=0) if raw[:2] != b'\x1f\x8b' else raw)
+            (folder / f"{stem}.gz").write_bytes(gzip.compress(raw, mtime=0) if raw[:2] != b"\x1f\x8b" else raw)
         else:
             (folder / stem).write_bytes(raw)
     return folder
 
 
-@pytest.mark.parametrize('gz', [True, False])
+@pytest.mark.parametrize("gz", [True, False])
 def test_read_good_files(tmp_path, gz):
     arrays = synthetic()
-    d = load_fashion_mnist(write_dir(tmp_path / 'd', arrays, gz=gz))
-    assert (d.source, d.location) == ('full', str(tmp_path / 'd'))
-    assert np.array_equal(d.train_images, arrays['train-images-idx3-ubyte'])
-    assert np.array_equal(d.test_images, arrays['t10k-images-idx3-ubyte'])
+    d = load_fashion_mnist(write_dir(tmp_path / "d", arrays, gz=gz))
+    assert (d.source, d.location) == ("full", str(tmp_path / "d"))
+    assert np.array_equal(d.train_images, arrays["train-images-idx3-ubyte"])
+    assert np.array_equal(d.test_images, arrays["t10k-images-idx3-ubyte"])
     assert d.train_images.dtype == np.uint8 and d.train_labels.dtype == np.int64
-    assert np.array_equal(d.train_labels, arrays['train-labels-idx1-ubyte'])
-    assert 'from ' + str(tmp_path / 'd') in d.describe()
+    assert np.array_equal(d.train_labels, arrays["train-labels-idx1-ubyte"])
+    assert "from " + str(tmp_path / "d") in d.describe()
 
 
 def corruptions():
     a = synthetic()
-    images, labels = a['train-images-idx3-ubyte'], a['train-labels-idx1-ubyte']
+    images, labels = a["train-images-idx3-ubyte"], a["train-labels-idx1-ubyte"]
     good_gz = gzip.compress(idx(images), mtime=0)
     bad_crc = bytearray(good_gz)
     bad_crc[-6] ^= 0xFF  # flip a byte of the CRC trailer
     garbled = bytearray(good_gz)
-    garbled[20:60] = b'\x00' * 40
+    garbled[20:60] = b"\x00" * 40
     return {
-        'bad magic': ('train-images-idx3-ubyte', idx(images, magic=2050), 'bad magic number 2050'),
-        'labels magic for images': ('train-images-idx3-ubyte', idx(labels), 'holds labels'),
-        'images magic for labels': ('t10k-labels-idx1-ubyte', idx(images), 'holds images'),
+        "bad magic": ("train-images-idx3-ubyte", idx(images, magic=2050), "bad magic number 2050"),
+        "labels magic for images": ("train-images-idx3-ubyte", idx(labels), "holds labels"),
+        "images magic for labels": ("t10k-labels-idx1-ubyte", idx(images), "holds images"),
         # a labels file whose magic says images: its header would read as absurd image dimensions
-        'labels with the images magic': ('t10k-labels-idx1-ubyte', (2051).to_bytes(4, 'big') + idx(labels)[4:],
-                                         'holds images (magic number 2051) where labels (magic 2049) were expected'),
-        'images with the labels magic': ('train-images-idx3-ubyte', (2049).to_bytes(4, 'big') + idx(images)[4:],
-                                         'holds labels (magic number 2049) where images (magic 2051) were expected'),
-        'wrong dims': ('train-images-idx3-ubyte', idx(images[:, :27, :]), 'dimensions (20, 27, 28)'),
-        'truncated data': ('train-images-idx3-ubyte', idx(images)[:-100], 'truncated or corrupt'),
-        'extra data': ('train-labels-idx1-ubyte', idx(labels) + b'\x00', 'truncated or corrupt'),
-        'truncated header': ('train-labels-idx1-ubyte', idx(labels)[:6], 'header is truncated'),
-        'empty file': ('train-labels-idx1-ubyte', b'', 'the file is empty'),
-        'truncated gzip': ('train-images-idx3-ubyte', good_gz[:len(good_gz) // 2], 'corrupt or truncated gzip'),
-        'corrupt gzip crc': ('train-images-idx3-ubyte', bytes(bad_crc), 'corrupt or truncated gzip'),
-        'garbled gzip': ('train-images-idx3-ubyte', bytes(garbled), 'corrupt or truncated gzip'),
-        'label out of range': ('t10k-labels-idx1-ubyte', idx(np.array([1, 2, 10] + [0] * 7)), 'label 10 is out of range'),
-        'count mismatch': ('train-labels-idx1-ubyte', idx(labels[:-1]), 'has 20 images but'),
+        "labels with the images magic": (
+            "t10k-labels-idx1-ubyte",
+            (2051).to_bytes(4, "big") + idx(labels)[4:],
+            "holds images (magic number 2051) where labels (magic 2049) were expected",
+        ),
+        "images with the labels magic": (
+            "train-images-idx3-ubyte",
+            (2049).to_bytes(4, "big") + idx(images)[4:],
+            "holds labels (magic number 2049) where images (magic 2051) were expected",
+        ),
+        "wrong dims": ("train-images-idx3-ubyte", idx(images[:, :27, :]), "dimensions (20, 27, 28)"),
+        "truncated data": ("train-images-idx3-ubyte", idx(images)[:-100], "truncated or corrupt"),
+        "extra data": ("train-labels-idx1-ubyte", idx(labels) + b"\x00", "truncated or corrupt"),
+        "truncated header": ("train-labels-idx1-ubyte", idx(labels)[:6], "header is truncated"),
+        "empty file": ("train-labels-idx1-ubyte", b"", "the file is empty"),
+        "truncated gzip": ("train-images-idx3-ubyte", good_gz[: len(good_gz) // 2], "corrupt or truncated gzip"),
+        "corrupt gzip crc": ("train-images-idx3-ubyte", bytes(bad_crc), "corrupt or truncated gzip"),
+        "garbled gzip": ("train-images-idx3-ubyte", bytes(garbled), "corrupt or truncated gzip"),
+        "label out of range": (
+            "t10k-labels-idx1-ubyte",
+            idx(np.array([1, 2, 10] + [0] * 7)),
+            "label 10 is out of range",
+        ),
+        "count mismatch": ("train-labels-idx1-ubyte", idx(labels[:-1]), "has 20 images but"),
     }
 
 
-@pytest.mark.parametrize('case', list(corruptions()))
+@pytest.mark.parametrize("case", list(corruptions()))
 def test_corrupt_files_raise_dataerror_naming_the_file(tmp_path, case, capsys):
     stem, raw, message = corruptions()[case]
-    folder = write_dir(tmp_path / 'd', override={stem: raw})
+    folder = write_dir(tmp_path / "d", override={stem: raw})
     with pytest.raises(DataError) as e:
         load_fashion_mnist(folder)  # an explicit folder: an error, never the sample
     assert message in str(e.value)
     assert stem in str(e.value)
-    assert 'sample' not in capsys.readouterr().err
+    assert "sample" not in capsys.readouterr().err
 
 
 def test_a_folder_where_a_file_belongs_and_a_file_where_the_folder_belongs(tmp_path):
-    folder = write_dir(tmp_path / 'd')
-    (folder / 't10k-images-idx3-ubyte.gz').unlink()
-    (folder / 't10k-images-idx3-ubyte.gz').mkdir()
-    with pytest.raises(DataError, match=r't10k-images-idx3-ubyte\.gz is a folder, not an IDX file'):
+    folder = write_dir(tmp_path / "d")
+    (folder / "t10k-images-idx3-ubyte.gz").unlink()
+    (folder / "t10k-images-idx3-ubyte.gz").mkdir()
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz is a folder, not an IDX file"):
         load_fashion_mnist(folder)
-    (tmp_path / 'file').write_bytes(b'x')
-    with pytest.raises(DataError, match='is a file, not a folder'):
-        load_fashion_mnist(tmp_path / 'file')
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_fashion_mnist(tmp_path / "file")
 
 
 def test_read_idx_direct(tmp_path):
-    p = tmp_path / 'labels'
+    p = tmp_path / "labels"
     p.write_bytes(idx(np.array([9, 0, 3])))
     assert read_idx(p).tolist() == [9, 0, 3]
-    with pytest.raises(DataError, match='no such file'):
-        read_idx(tmp_path / 'nope')
+    with pytest.raises(DataError, match="no such file"):
+        read_idx(tmp_path / "nope")
 
 
 def test_explicit_dir_missing_files_is_an_error(tmp_path, monkeypatch):
-    folder = write_dir(tmp_path / 'd')
-    (folder / 't10k-labels-idx1-ubyte.gz').unlink()
-    with pytest.raises(DataError, match=r'(?s)t10k-labels-idx1-ubyte\[\.gz\].*Put the four'):
+    folder = write_dir(tmp_path / "d")
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"(?s)t10k-labels-idx1-ubyte\[\.gz\].*Put the four"):
         load_fashion_mnist(folder)
-    monkeypatch.setenv('FASHION_MNIST_DIR', str(folder))  # the environment variable is just as explicit
-    with pytest.raises(DataError, match='t10k-labels'):
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(folder))  # the environment variable is just as explicit
+    with pytest.raises(DataError, match="t10k-labels"):
         load_fashion_mnist()
-    monkeypatch.setenv('FASHION_MNIST_DIR', str(write_dir(tmp_path / 'good')))
-    assert load_fashion_mnist().location == str(tmp_path / 'good')
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(write_dir(tmp_path / "good")))
+    assert load_fashion_mnist().location == str(tmp_path / "good")
 
 
 # ---------------------------------------------------------------------------- download (127.0.0.1 only)
+
 
 class Server:
     """A local HTTP server: routes maps '/mirror/file' to (bytes, mode), mode 'good' or 'truncate'."""
@@ -162,15 +198,15 @@ class Server:
                     return
                 body, mode = routes[self.path]
                 self.send_response(200)
-                self.send_header('Content-Length', str(len(body)))
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body[:len(body) // 2] if mode == 'truncate' else body)
+                self.wfile.write(body[: len(body) // 2] if mode == "truncate" else body)
 
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}/'
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
@@ -184,7 +220,7 @@ def server():
 
 
 def gz_files(arrays=None):
-    return {f'{stem}.gz': gzip.compress(idx(a), mtime=0) for stem, a in (arrays or synthetic()).items()}
+    return {f"{stem}.gz": gzip.compress(idx(a), mtime=0) for stem, a in (arrays or synthetic()).items()}
 
 
 def md5s(files):
@@ -192,126 +228,129 @@ def md5s(files):
 
 
 def no_partial_files(folder):
-    return not [p for p in Path(folder).iterdir() if p.name.startswith('.') or p.suffix == '.part']
+    return not [p for p in Path(folder).iterdir() if p.name.startswith(".") or p.suffix == ".part"]
 
 
 def test_download_good_files(server, tmp_path):
     files = gz_files()
-    server.routes.update({f'/a/{n}': (b, 'good') for n, b in files.items()})
-    download(tmp_path / 'd', mirrors=[server.url + 'a'], checksums=md5s(files), progress=False)
-    assert {p.name: p.read_bytes() for p in (tmp_path / 'd').iterdir()} == files
+    server.routes.update({f"/a/{n}": (b, "good") for n, b in files.items()})
+    download(tmp_path / "d", mirrors=[server.url + "a"], checksums=md5s(files), progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == files
     n = len(server.hits)  # a second call finds good files and fetches nothing
-    download(tmp_path / 'd', mirrors=[server.url + 'a'], checksums=md5s(files), progress=False)
+    download(tmp_path / "d", mirrors=[server.url + "a"], checksums=md5s(files), progress=False)
     assert len(server.hits) == n
 
 
-@pytest.mark.parametrize('mode', ['corrupt', 'truncate', 'missing'])
+@pytest.mark.parametrize("mode", ["corrupt", "truncate", "missing"])
 def test_bad_first_mirror_falls_to_second(server, tmp_path, mode):
     files = gz_files()
-    name = 'train-images-idx3-ubyte.gz'
-    server.routes.update({f'/b/{n}': (b, 'good') for n, b in files.items()})
-    server.routes.update({f'/a/{n}': (b, 'good') for n, b in files.items()})
-    if mode == 'corrupt':
-        server.routes[f'/a/{name}'] = (files[name][:-1] + b'!', 'good')
-    elif mode == 'truncate':
-        server.routes[f'/a/{name}'] = (files[name], 'truncate')
+    name = "train-images-idx3-ubyte.gz"
+    server.routes.update({f"/b/{n}": (b, "good") for n, b in files.items()})
+    server.routes.update({f"/a/{n}": (b, "good") for n, b in files.items()})
+    if mode == "corrupt":
+        server.routes[f"/a/{name}"] = (files[name][:-1] + b"!", "good")
+    elif mode == "truncate":
+        server.routes[f"/a/{name}"] = (files[name], "truncate")
     else:
-        del server.routes[f'/a/{name}']
-    download(tmp_path / 'd', mirrors=[server.url + 'a', server.url + 'b'], checksums=md5s(files), progress=False)
-    assert (tmp_path / 'd' / name).read_bytes() == files[name]
-    assert f'/b/{name}' in server.hits and no_partial_files(tmp_path / 'd')
+        del server.routes[f"/a/{name}"]
+    download(tmp_path / "d", mirrors=[server.url + "a", server.url + "b"], checksums=md5s(files), progress=False)
+    assert (tmp_path / "d" / name).read_bytes() == files[name]
+    assert f"/b/{name}" in server.hits and no_partial_files(tmp_path / "d")
 
 
-@pytest.mark.parametrize('mode', ['corrupt', 'truncate'])
+@pytest.mark.parametrize("mode", ["corrupt", "truncate"])
 def test_bad_only_mirror_fails_clearly_and_leaves_nothing(server, tmp_path, mode):
     files = gz_files()
-    name = 't10k-images-idx3-ubyte.gz'
-    server.routes.update({f'/a/{n}': (b, 'good') for n, b in files.items()})
-    server.routes[f'/a/{name}'] = (b'X' + files[name][1:], 'good') if mode == 'corrupt' else (files[name], 'truncate')
+    name = "t10k-images-idx3-ubyte.gz"
+    server.routes.update({f"/a/{n}": (b, "good") for n, b in files.items()})
+    server.routes[f"/a/{name}"] = (b"X" + files[name][1:], "good") if mode == "corrupt" else (files[name], "truncate")
     with pytest.raises(DataError) as e:
-        download(tmp_path / 'd', mirrors=[server.url + 'a'], checksums=md5s(files), progress=False, retries=2, backoff=0)
+        download(
+            tmp_path / "d", mirrors=[server.url + "a"], checksums=md5s(files), progress=False, retries=2, backoff=0
+        )
     message = str(e.value)
-    assert f'could not download {name} (2 tries of each mirror)' in message and 'Put the four' in message
-    assert ('checksum mismatch' if mode == 'corrupt' else 'truncated: received') in message
-    assert server.hits.count(f'/a/{name}') == 2  # retried
-    assert not (tmp_path / 'd' / name).exists() and no_partial_files(tmp_path / 'd')
+    assert f"could not download {name} (2 tries of each mirror)" in message and "Put the four" in message
+    assert ("checksum mismatch" if mode == "corrupt" else "truncated: received") in message
+    assert server.hits.count(f"/a/{name}") == 2  # retried
+    assert not (tmp_path / "d" / name).exists() and no_partial_files(tmp_path / "d")
 
 
 def test_mirrors_from_environment(server, tmp_path, monkeypatch):
     files = gz_files()
-    server.routes.update({f'/env/{n}': (b, 'good') for n, b in files.items()})
-    monkeypatch.setenv('FASHION_MNIST_MIRRORS', f'{closed_port_url()}, {server.url}env')
-    download(tmp_path / 'd', checksums=md5s(files), progress=False)
-    assert sorted(p.name for p in (tmp_path / 'd').iterdir()) == sorted(files)
+    server.routes.update({f"/env/{n}": (b, "good") for n, b in files.items()})
+    monkeypatch.setenv("FASHION_MNIST_MIRRORS", f"{closed_port_url()}, {server.url}env")
+    download(tmp_path / "d", checksums=md5s(files), progress=False)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(files)
 
 
 def test_first_use_downloads_into_the_cache(server, tmp_path, monkeypatch):
     files = gz_files()
-    server.routes.update({f'/a/{n}': (b, 'good') for n, b in files.items()})
-    monkeypatch.setenv('FASHION_MNIST_MIRRORS', server.url + 'a')
-    monkeypatch.setattr(data, 'FILES', md5s(files))
+    server.routes.update({f"/a/{n}": (b, "good") for n, b in files.items()})
+    monkeypatch.setenv("FASHION_MNIST_MIRRORS", server.url + "a")
+    monkeypatch.setattr(data, "FILES", md5s(files))
     d = load_fashion_mnist(progress=False)
-    cache = tmp_path / 'cache' / 'vgg-three-ways' / 'fashion-mnist'
-    assert (d.source, d.location, len(d.train_images)) == ('full', str(cache), 20)
+    cache = tmp_path / "cache" / "vgg-three-ways" / "fashion-mnist"
+    assert (d.source, d.location, len(d.train_images)) == ("full", str(cache), 20)
     n = len(server.hits)
     assert load_fashion_mnist().location == str(cache) and len(server.hits) == n  # found, not fetched again
 
 
 def test_interrupted_download_leaves_nothing(server, tmp_path, monkeypatch):
     files = gz_files()
-    server.routes.update({f'/a/{n}': (b, 'good') for n, b in files.items()})
+    server.routes.update({f"/a/{n}": (b, "good") for n, b in files.items()})
 
     class Interrupted(data.tqdm):
         def update(self, n=1):
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-file
 
-    monkeypatch.setattr(data, 'tqdm', Interrupted)
+    monkeypatch.setattr(data, "tqdm", Interrupted)
     with pytest.raises(KeyboardInterrupt):
-        download(tmp_path / 'd', mirrors=[server.url + 'a'], checksums=md5s(files), progress=False)
-    assert list((tmp_path / 'd').iterdir()) == []
+        download(tmp_path / "d", mirrors=[server.url + "a"], checksums=md5s(files), progress=False)
+    assert list((tmp_path / "d").iterdir()) == []
 
 
 def test_corrupt_cache_is_repaired_by_download(server, tmp_path, monkeypatch, capsys):
     files = gz_files()
-    server.routes.update({f'/a/{n}': (b, 'good') for n, b in files.items()})
-    cache = tmp_path / 'cache' / 'vgg-three-ways' / 'fashion-mnist'
-    write_dir(cache, override={'train-images-idx3-ubyte': b'garbage'})
-    monkeypatch.setattr(data, 'FILES', md5s(files))
+    server.routes.update({f"/a/{n}": (b, "good") for n, b in files.items()})
+    cache = tmp_path / "cache" / "vgg-three-ways" / "fashion-mnist"
+    write_dir(cache, override={"train-images-idx3-ubyte": b"garbage"})
+    monkeypatch.setattr(data, "FILES", md5s(files))
     d = load_fashion_mnist(download=False)  # offline: says what is wrong, uses the sample
-    assert d.source == 'sample' and 'cached copy is unusable' in capsys.readouterr().err
-    monkeypatch.setenv('FASHION_MNIST_MIRRORS', server.url + 'a')
+    assert d.source == "sample" and "cached copy is unusable" in capsys.readouterr().err
+    monkeypatch.setenv("FASHION_MNIST_MIRRORS", server.url + "a")
     d = load_fashion_mnist(progress=False)
-    assert (d.source, d.location) == ('full', str(cache))
-    assert server.hits == ['/a/train-images-idx3-ubyte.gz']  # only the bad file is fetched again
+    assert (d.source, d.location) == ("full", str(cache))
+    assert server.hits == ["/a/train-images-idx3-ubyte.gz"]  # only the bad file is fetched again
 
 
 def test_offline_falls_back_to_the_sample_with_a_warning(capsys):
     start = time.perf_counter()
     d = load_fashion_mnist(progress=False)
-    assert d.source == 'sample' and len(d.train_images) == 6000
+    assert d.source == "sample" and len(d.train_images) == 6000
     err = capsys.readouterr().err
-    assert 'WARNING' in err and 'could not be downloaded' in err and 'Put the four' in err and 'bundled sample' in err
-    assert 'Connection refused' in err or 'refused' in err.lower()
+    assert "WARNING" in err and "could not be downloaded" in err and "Put the four" in err and "bundled sample" in err
+    assert "Connection refused" in err or "refused" in err.lower()
     assert time.perf_counter() - start < 10
 
 
 def test_offline_without_sample_is_an_error():
-    with pytest.raises(DataError, match='(?s)could not be downloaded.*Put the four'):
+    with pytest.raises(DataError, match="(?s)could not be downloaded.*Put the four"):
         load_fashion_mnist(progress=False, allow_sample=False)
-    with pytest.raises(DataError, match='(?s)downloading is off.*Put the four'):
+    with pytest.raises(DataError, match="(?s)downloading is off.*Put the four"):
         load_fashion_mnist(download=False, allow_sample=False)
-    assert load_fashion_mnist(download=False).source == 'sample'
+    assert load_fashion_mnist(download=False).source == "sample"
 
 
 def test_checksum_table_matches_the_published_files():
-    if not (SHARED / 'README.md').is_file():
-        pytest.skip(f'no {SHARED}/README.md')
-    readme = (SHARED / 'README.md').read_text()
+    if not (SHARED / "README.md").is_file():
+        pytest.skip(f"no {SHARED}/README.md")
+    readme = (SHARED / "README.md").read_text()
     for name, md5 in data.FILES.items():
-        assert f'| {name} |' in readme and md5 in readme.split(f'| {name} |')[1].splitlines()[0]
+        assert f"| {name} |" in readme and md5 in readme.split(f"| {name} |")[1].splitlines()[0]
 
 
 # ---------------------------------------------------------------------------- resize
+
 
 def test_resize_hand_computed_2_to_4():
     # half-pixel centres: output pixel i samples source (i + 0.5) / 2 - 0.5,
@@ -324,18 +363,19 @@ def test_resize_hand_computed_2_to_4():
     assert np.array_equal(resize_bilinear(x, 2), x.astype(np.float32))  # same size: identity
 
 
-@pytest.mark.parametrize('size', [14, 32, 96, 224, 227])
+@pytest.mark.parametrize("size", [14, 32, 96, 224, 227])
 def test_resize_matches_torch_on_real_images(size):
-    torch = pytest.importorskip('torch')
+    torch = pytest.importorskip("torch")
     images = sample_dataset().train_images[:64].astype(np.float32) / 255
-    want = torch.nn.functional.interpolate(torch.from_numpy(images)[:, None], size=(size, size), mode='bilinear',
-                                           align_corners=False, antialias=False)[:, 0].numpy()
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(images)[:, None], size=(size, size), mode="bilinear", align_corners=False, antialias=False
+    )[:, 0].numpy()
     got = resize_bilinear(images, size)
     # float32 rounding only: the two compute the same weights in a different order
     assert np.abs(got - want).max() < 1e-5
 
 
-@pytest.mark.parametrize('size', [32, 96, 224])
+@pytest.mark.parametrize("size", [32, 96, 224])
 def test_resize_of_an_image_does_not_depend_on_its_batch(size):
     # Data-parallel shards resize parts of the global batch: each image must come out bit for
     # bit as it does alone (one large GEMM over the whole batch did not, on some CPUs).
@@ -346,6 +386,7 @@ def test_resize_of_an_image_does_not_depend_on_its_batch(size):
 
 
 # ---------------------------------------------------------------------------- Loader
+
 
 def small(n=50):
     rng = np.random.default_rng(1)
@@ -389,7 +430,7 @@ def test_loader_same_seed_same_batches_and_fresh_order_each_epoch():
     assert np.array_equal(order(Loader(images, labels, shuffle=False).epoch(7)), labels)
 
 
-@pytest.mark.parametrize('drop_last, n_batches, last', [(False, 4, 2), (True, 3, 16)])
+@pytest.mark.parametrize("drop_last, n_batches, last", [(False, 4, 2), (True, 3, 16)])
 def test_loader_drop_last_and_every_sample_once(drop_last, n_batches, last):
     images, labels = small()
     loader = Loader(images, labels, batch_size=16, drop_last=drop_last)
@@ -401,7 +442,7 @@ def test_loader_drop_last_and_every_sample_once(drop_last, n_batches, last):
 
 def prefetch_threads():
     time.sleep(0.05)
-    return [t for t in threading.enumerate() if t.name == 'fashion-mnist-prefetch']
+    return [t for t in threading.enumerate() if t.name == "fashion-mnist-prefetch"]
 
 
 def test_loader_early_stop_does_not_hang_or_leak():
@@ -412,9 +453,9 @@ def test_loader_early_stop_does_not_hang_or_leak():
     it = loader.epoch(1)
     next(it)
     it.close()
-    with pytest.raises(RuntimeError, match='consumer'):
+    with pytest.raises(RuntimeError, match="consumer"):
         for _ in loader.epoch(2):
-            raise RuntimeError('consumer failed')
+            raise RuntimeError("consumer failed")
     assert prefetch_threads() == []
 
 
@@ -426,12 +467,12 @@ def test_loader_producer_error_reaches_consumer(monkeypatch):
     def failing(idx):
         calls.append(1)
         if len(calls) == 3:
-            raise ValueError('broken batch')
+            raise ValueError("broken batch")
         return Loader._batch(loader, idx)
 
-    monkeypatch.setattr(loader, '_batch', failing)
+    monkeypatch.setattr(loader, "_batch", failing)
     got = []
-    with pytest.raises(ValueError, match='broken batch'):
+    with pytest.raises(ValueError, match="broken batch"):
         for batch in loader:
             got.append(batch)
     assert len(got) == 2 and prefetch_threads() == []
@@ -439,23 +480,24 @@ def test_loader_producer_error_reaches_consumer(monkeypatch):
 
 # ---------------------------------------------------------------------------- the sample and the real files
 
+
 def test_sample_is_balanced_and_labelled_as_sample():
     d = sample_dataset()
-    assert (d.source, d.location) == ('sample', str(data.SAMPLE_DIR))
+    assert (d.source, d.location) == ("sample", str(data.SAMPLE_DIR))
     assert d.train_images.shape == (6000, 28, 28) and d.test_images.shape == (1000, 28, 28)
     assert np.bincount(d.train_labels).tolist() == [600] * 10 and np.bincount(d.test_labels).tolist() == [100] * 10
-    assert 'SAMPLE' in d.describe() and (data.SAMPLE_DIR / 'LICENSE').read_text().startswith('The MIT License')
+    assert "SAMPLE" in d.describe() and (data.SAMPLE_DIR / "LICENSE").read_text().startswith("The MIT License")
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def full():
-    if not (SHARED / 'train-images-idx3-ubyte.gz').is_file():
-        pytest.skip(f'full Fashion-MNIST not found at {SHARED} (set FASHION_MNIST_DIR)')
+    if not (SHARED / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"full Fashion-MNIST not found at {SHARED} (set FASHION_MNIST_DIR)")
     return load_fashion_mnist(data_dir=SHARED, download=False, allow_sample=False)
 
 
 def test_real_files(full):
-    assert (full.source, full.location) == ('full', str(SHARED))
+    assert (full.source, full.location) == ("full", str(SHARED))
     assert full.train_images.shape == (60000, 28, 28) and full.test_images.shape == (10000, 28, 28)
     assert np.bincount(full.train_labels).tolist() == [6000] * 10
     assert np.bincount(full.test_labels).tolist() == [1000] * 10
@@ -466,11 +508,15 @@ def test_real_files(full):
 
 def test_sample_regenerates_identically(full, tmp_path):
     from common.make_sample import make_sample
+
     make_sample(SHARED, tmp_path)
     for name in data.FILES:  # decompressed: the .gz bytes also depend on the zlib version
-        assert gzip.decompress((tmp_path / name).read_bytes()) == gzip.decompress((data.SAMPLE_DIR / name).read_bytes()), name
+        assert gzip.decompress((tmp_path / name).read_bytes()) == gzip.decompress(
+            (data.SAMPLE_DIR / name).read_bytes()
+        ), name
     # and the sample is exactly the documented selection of full images, with their labels
     from common.make_sample import SEED, sample_indices
+
     sample, picked = sample_dataset(), sample_indices(full.train_labels, 600, (SEED, 0))
     assert np.array_equal(full.train_images[picked], sample.train_images)
     assert np.array_equal(full.train_labels[picked], sample.train_labels)
@@ -478,16 +524,19 @@ def test_sample_regenerates_identically(full, tmp_path):
 
 # ---------------------------------------------------------------------------- pictures and isolation
 
+
 def test_save_image_grid(tmp_path):
     d = sample_dataset()
-    path = tmp_path / 'out' / 'grid.png'
+    path = tmp_path / "out" / "grid.png"
     save_image_grid(path, d.train_images[:10], d.train_labels[:10], ncols=5, predictions=d.train_labels[:10][::-1])
-    assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    assert [p.name for p in path.parent.iterdir()] == ['grid.png']
-    assert len(CLASS_NAMES) == 10 and CLASS_NAMES[0] == 'T-shirt/top' and CLASS_NAMES[9] == 'Ankle boot'
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in path.parent.iterdir()] == ["grid.png"]
+    assert len(CLASS_NAMES) == 10 and CLASS_NAMES[0] == "T-shirt/top" and CLASS_NAMES[9] == "Ankle boot"
 
 
 def test_common_data_imports_no_framework():
-    code = ('import sys, common.data; bad = [m for m in ("torch", "mxnet", "jax", "flax", "matplotlib") '
-            'if m in sys.modules]; assert not bad, bad')
-    subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True)
+    code = (
+        'import sys, common.data; bad = [m for m in ("torch", "mxnet", "jax", "flax", "matplotlib") '
+        "if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -3,6 +3,7 @@
 
 Each check runs in a fresh interpreter: the shim acts when `vgg_gluon` is first imported.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -28,7 +29,8 @@ def test_numpy_is_left_as_it_was():
         "import vgg_gluon\n"
         "changed = [n for n, v in before.items() if getattr(np, n) is not v]\n"
         "import numpy.ma as ma\n"
-        "print(changed, int(ma.masked_array([1, 2, 4], mask=[0, 1, 0]).sum()), np.__version__)\n")
+        "print(changed, int(ma.masked_array([1, 2, 4], mask=[0, 1, 0]).sum()), np.__version__)\n"
+    )
     changed, total, version = out.rsplit(" ", 2)
     assert changed == "[]" and total == "5", out
 
@@ -47,5 +49,6 @@ def test_every_mxnet_module_imports():
         "        importlib.import_module(m.name)\n"
         "    except Exception as e:\n"
         "        bad.append(f'{m.name}: {type(e).__name__}: {e}')\n"
-        "print(len(bad), bad)\n")
+        "print(len(bad), bad)\n"
+    )
     assert out.startswith("0 "), out

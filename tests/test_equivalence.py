@@ -5,14 +5,15 @@ gradients and SGD updates come out and are compared pairwise, in float32 (TF32 o
 where a GPU would use it), with tolerances relative to the scale of what is compared.
 torchvision's own VGG is the independent reference for the torchvision loader.
 """
+
 import itertools
 import os
 
 import numpy as np
 import pytest
+from frameworks import ADAPTERS, random_canonical
 
 from common.arch import CONFIGS, make_spec
-from frameworks import ADAPTERS, random_canonical
 
 SMALL = dict(width_ratio=8, scale_classifier=True, image_size=(64, 96))  # 2x3 last feature map: fc1's order matters
 RTOL = 1e-4  # of the largest |logit|: float32 rounding over a few thousand-term sums is ~1e-6
@@ -28,6 +29,7 @@ def float32_everywhere():
     """TF32 (GPU matmuls with 10-bit mantissas) off in torch and JAX; a no-op on CPU."""
     import jax
     import torch
+
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     with jax.default_matmul_precision("float32"):
@@ -77,6 +79,7 @@ def test_logits_agree_every_config(fws, arch):
 def test_logits_agree_full_width(fws):
     """vgg11 at full width (64..512 channels, 4096 hidden units), torch-initialised, converted."""
     import torch
+
     spec = make_spec("vgg11", image_size=64)
     torch.manual_seed(0)
     tensors = fws["torch"].weights.to_canonical(fws["torch"].build(spec))
@@ -106,7 +109,9 @@ def _assert_same_change(spec, changes, what, rtol=RTOL):
 
 def _mxnet_onednn():
     import vgg_gluon  # noqa: F401  (np.bool before mxnet)
+
     import mxnet as mx
+
     return mx.runtime.Features().is_enabled("MKLDNN") and os.environ.get("MXNET_MKLDNN_ENABLED", "1") != "0"
 
 
@@ -126,7 +131,9 @@ def test_loss_and_gradients_agree(fws, arch):
         names.remove("gluon")  # see test_gluon_lrn_gradient_on_onednn
     spec, results = _loss_and_gradients(fws, arch, names)
     for a, b in itertools.combinations(results, 2):
-        assert np.isclose(results[a][0], results[b][0], rtol=1e-5), f"{arch} loss: {a} {results[a][0]} vs {b} {results[b][0]}"
+        assert np.isclose(results[a][0], results[b][0], rtol=1e-5), (
+            f"{arch} loss: {a} {results[a][0]} vs {b} {results[b][0]}"
+        )
     _assert_same_change(spec, {n: r[1] for n, r in results.items()}, f"{arch} gradient")
 
 
@@ -192,12 +199,14 @@ def _broken_flax(original, mistake):
         if mistake == "conv kernel H/W swapped" and value.ndim == 4:
             value = value.transpose(1, 0, 2, 3)
         return path, value
+
     return converter
 
 
 @pytest.mark.parametrize("mistake", ["fc1 flatten order", "conv kernel H/W swapped"])
 def test_a_wrong_converter_is_caught(fws, monkeypatch, mistake):
     import vgg_flax.weights as fw_weights
+
     spec = make_spec("vgg11", **dict(SMALL, image_size=64))  # square, so the broken shapes still fit
     tensors, x = random_canonical(spec), images(spec, 3)
     reference = fws["torch"].infer(loaded(fws["torch"], spec, tensors), x)
@@ -216,6 +225,7 @@ def _torchvision_model(arch, ratio):
     random weights (no download), biases and batch-norm statistics made non-trivial."""
     import torch
     from torchvision.models import vgg as tv
+
     letter, bn, _ = CONFIGS[arch]
     cfg = [v if v == "M" else v // ratio for v in tv.cfgs[letter]]
     torch.manual_seed(0)
@@ -223,8 +233,14 @@ def _torchvision_model(arch, ratio):
     if ratio != 1:  # torchvision hard-codes 512 * 7 * 7 -> 4096 -> 4096; the same indices 0, 3, 6
         c, h = 512 // ratio, 4096 // ratio
         model.classifier = torch.nn.Sequential(
-            torch.nn.Linear(c * 49, h), torch.nn.ReLU(True), torch.nn.Dropout(),
-            torch.nn.Linear(h, h), torch.nn.ReLU(True), torch.nn.Dropout(), torch.nn.Linear(h, 10))
+            torch.nn.Linear(c * 49, h),
+            torch.nn.ReLU(True),
+            torch.nn.Dropout(),
+            torch.nn.Linear(h, h),
+            torch.nn.ReLU(True),
+            torch.nn.Dropout(),
+            torch.nn.Linear(h, 10),
+        )
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in model.modules():
@@ -241,10 +257,18 @@ def _torchvision_model(arch, ratio):
 def _torchvision_case(arch, ratio):
     """(our spec, canonical tensors from torchvision's state_dict, 224-px input, torchvision's logits)."""
     import torch
+
     from vgg_torch.weights import from_torchvision
+
     model = _torchvision_model(arch, ratio)
-    spec = make_spec(arch, in_channels=3, num_classes=1000 if ratio == 1 else 10, image_size=224,
-                     width_ratio=ratio, scale_classifier=True)
+    spec = make_spec(
+        arch,
+        in_channels=3,
+        num_classes=1000 if ratio == 1 else 10,
+        image_size=224,
+        width_ratio=ratio,
+        scale_classifier=True,
+    )
     x = images(spec, 1)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()

@@ -1,5 +1,6 @@
 """Every file the project writes goes through common.files: whole or not at all, with the mode
 that a plain open() gives (0o666 less the umask)."""
+
 import json
 import os
 import stat
@@ -43,8 +44,14 @@ def test_written_files_get_the_umask_mode(tmp_path, umask):
     name = "t10k-labels-idx1-ubyte.gz"
     (tmp_path / "mirror" / name).write_bytes((ROOT / "common" / "data" / name).read_bytes())
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-c", WRITERS, str(tmp_path), oct(umask)], capture_output=True, text=True,
-                       cwd=ROOT, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", WRITERS, str(tmp_path), oct(umask)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     modes = json.loads(r.stdout.splitlines()[-1])
     assert modes == {k: 0o666 & ~umask for k in modes}, {k: oct(v) for k, v in modes.items()}

@@ -5,6 +5,7 @@ same model with the workarounds installed must give the same logits, the same gr
 parameter and the same SGD step. Two input sizes: 32 px, where block 5 convolves 2x2 maps (the
 im2col path), and 64x96 px, non-square, where it does not.
 """
+
 import numpy as np
 import pytest
 
@@ -60,6 +61,7 @@ def _flat(state):
 def _differences(plain, fast, x, y) -> dict[str, float]:
     """max |difference| / max |value| of the logits, of each parameter's gradient, and of each
     parameter's change in one step of the train script's train_step (optax.sgd, lr 0.1)."""
+
     def rel(a, b, slack=0.0):
         return float(np.abs(a - b).max() / (max(np.abs(a).max(), np.abs(b).max()) + slack / RTOL + 1e-30))
 
@@ -72,15 +74,17 @@ def _differences(plain, fast, x, y) -> dict[str, float]:
         for k, g in _flat(grads).items():
             out.setdefault(f"grad {k}", []).append(g)
         before.append(_flat(nnx.state(model, nnx.Param)))
-        nnx.jit(train.train_step.fun)(model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param),
-                                      x.transpose(0, 3, 1, 2), y)  # the train script's step, traced anew
+        nnx.jit(train.train_step.fun)(
+            model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param), x.transpose(0, 3, 1, 2), y
+        )  # the train script's step, traced anew
         after.append(_flat(nnx.state(model, nnx.Param)))
     diffs = {k: rel(*v) for k, v in out.items()}
     for k in before[0]:
         # the change is read back as new - old, both rounded to float32: one rounding of the weight
         # (2^-24 of its size) comes on top of the change's own
-        diffs[f"step {k}"] = rel(after[0][k] - before[0][k], after[1][k] - before[1][k],
-                                 slack=2 ** -23 * np.abs(before[0][k]).max())
+        diffs[f"step {k}"] = rel(
+            after[0][k] - before[0][k], after[1][k] - before[1][k], slack=2**-23 * np.abs(before[0][k]).max()
+        )
     return diffs
 
 
@@ -91,7 +95,8 @@ def test_workarounds_compute_the_plain_model(arch, size, monkeypatch):
     x, y = _batch(plain.spec)
     ran = set()
     for name in ("_im2col", "_conv_one_channel", "_conv_grads"):
-        monkeypatch.setattr(xla_cpu, name, lambda *a, _f=getattr(xla_cpu, name), _n=name: ran.add(_n) or _f(*a))
+        original = getattr(xla_cpu, name)
+        monkeypatch.setattr(xla_cpu, name, lambda *a, _f=original, _n=name: ran.add(_n) or _f(*a))
     diffs = _differences(plain, fast, x, y)
     # block 1 sees one channel; blocks 2-5 slice the kernel gradient; block 5 at 32 px sees 2x2 maps
     assert ran == {"_conv_one_channel", "_conv_grads"} | ({"_im2col"} if size == 32 else set()), ran
@@ -135,9 +140,11 @@ def test_the_pool_sends_a_tied_gradient_where_reduce_window_does():
 
 
 def _hooks(model):
-    return ({m.conv_general_dilated for _, m in model.iter_modules() if isinstance(m, nnx.Conv)},
-            {m.dot_general for _, m in model.iter_modules() if isinstance(m, nnx.Linear)},
-            {m.pool for _, m in model.iter_modules() if hasattr(m, "pool")})
+    return (
+        {m.conv_general_dilated for _, m in model.iter_modules() if isinstance(m, nnx.Conv)},
+        {m.dot_general for _, m in model.iter_modules() if isinstance(m, nnx.Linear)},
+        {m.pool for _, m in model.iter_modules() if hasattr(m, "pool")},
+    )
 
 
 def test_apply_installs_on_a_cpu_only():
@@ -157,8 +164,18 @@ def test_train_and_evaluate_switch(flags, on):
     """The train command's model and the evaluate command's get them on a CPU, unless told not to."""
     from common.cli import parse_train_args
     from vgg_flax import evaluate, weights
-    args = parse_train_args(["--arch=vgg11", "--width-ratio=8", "--scale-classifier", "--resize=32",
-                             "--device=cpu", "--no-progress", *flags])
+
+    args = parse_train_args(
+        [
+            "--arch=vgg11",
+            "--width-ratio=8",
+            "--scale-classifier",
+            "--resize=32",
+            "--device=cpu",
+            "--no-progress",
+            *flags,
+        ]
+    )
     assert args.cpu_workarounds is on
     assert xla_cpu.installed(train.Backend(args).model) is on
     spec = _spec("vgg11", 32)

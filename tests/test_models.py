@@ -1,4 +1,5 @@
 """Each framework's model against the shared arithmetic: shapes and parameter counts."""
+
 import numpy as np
 import pytest
 
@@ -23,8 +24,17 @@ def test_shapes_and_counts_match_arithmetic(fw, arch):
                 assert fw.count(net) == expected_counts(spec), where
 
 
-@pytest.mark.parametrize("arch,expected", [("vgg11", 132_863_336), ("vgg13", 133_047_848), ("vgg16", 138_357_544),
-                                           ("vgg19", 143_667_240), ("vgg11_bn", 132_868_840), ("vgg16_bn", 138_365_992)])
+@pytest.mark.parametrize(
+    "arch,expected",
+    [
+        ("vgg11", 132_863_336),
+        ("vgg13", 133_047_848),
+        ("vgg16", 138_357_544),
+        ("vgg19", 143_667_240),
+        ("vgg11_bn", 132_868_840),
+        ("vgg16_bn", 138_365_992),
+    ],
+)
 def test_counts_match_torchvision_published(fw, arch, expected):
     assert fw.count(fw.abstract(arch, in_channels=3, num_classes=1000))[0] == expected
 
@@ -73,6 +83,13 @@ def test_parameter_names_follow_one_scheme(fw):
     """block{i}.conv{j}.*, block{i}.bn{j}.*, fc{k}.*: a weight converter is a rename plus a transpose."""
     params = fw.params("vgg11_bn", width_ratio=8, image_size=32)
     layers = sorted({k.rsplit(".", 1)[0] for k in params})
-    expected = sorted([f"block{i}.{kind}{j}" for i, n in zip(range(1, 6), (1, 1, 2, 2, 2))
-                       for j in range(1, n + 1) for kind in ("conv", "bn")] + ["fc1", "fc2", "fc3"])
+    expected = sorted(
+        [
+            f"block{i}.{kind}{j}"
+            for i, n in zip(range(1, 6), (1, 1, 2, 2, 2))
+            for j in range(1, n + 1)
+            for kind in ("conv", "bn")
+        ]
+        + ["fc1", "fc2", "fc3"]
+    )
     assert layers == expected

@@ -10,6 +10,7 @@ fail: the run a wrong convention would give (lr doubled: gradients summed, not a
 per-device batch taken as the batch) differs by ~1 of the scale. The biases start at zero, so they
 are pure accumulated updates: a wrong gradient scale cannot hide behind the initial weights.
 """
+
 import json
 import os
 import random
@@ -26,12 +27,42 @@ from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "common" / "data"
-FLAGS = ["--width-ratio", "8", "--scale-classifier", "--resize", "32", "--data-dir", str(SAMPLE),
-         "--batch-size", "32", "--max-steps", "4", "--optimizer", "sgd", "--momentum", "0.9",
-         "--init", "kaiming", "--normalize", "--lr", "0.01", "--dropout", "0", "--no-progress"]
+FLAGS = [
+    "--width-ratio",
+    "8",
+    "--scale-classifier",
+    "--resize",
+    "32",
+    "--data-dir",
+    str(SAMPLE),
+    "--batch-size",
+    "32",
+    "--max-steps",
+    "4",
+    "--optimizer",
+    "sgd",
+    "--momentum",
+    "0.9",
+    "--init",
+    "kaiming",
+    "--normalize",
+    "--lr",
+    "0.01",
+    "--dropout",
+    "0",
+    "--no-progress",
+]
 TOL = 1e-5  # of each tensor's largest absolute value
-LAUNCHER_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
-                "JAX_PROCESS_ID", "DMLC_ROLE", "XLA_FLAGS")
+LAUNCHER_ENV = (
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+    "DMLC_ROLE",
+    "XLA_FLAGS",
+)
 
 
 def env(**extra) -> dict:
@@ -63,8 +94,12 @@ def free_port() -> int:
 
 def run_all(cmds, timeout=300) -> list[str]:
     """Start every (argv, env) at once (the processes of one job), wait for all; their outputs."""
-    procs = [subprocess.Popen(c, env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True) for c, e in cmds]
+    procs = [
+        subprocess.Popen(
+            c, env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        for c, e in cmds
+    ]
     try:
         outs = [p.communicate(timeout=timeout)[0] for p in procs]
     finally:
@@ -82,7 +117,9 @@ def arrays(fw, out: Path, epoch: int) -> dict:
     folder = out / f"checkpoint-epoch{epoch}"
     if fw == "gluon":
         import vgg_gluon  # noqa: F401
+
         import mxnet as mx
+
         return {k: v.asnumpy() for k, v in mx.nd.load(str(folder / "model.params")).items()}
     a = load_file(str(folder / ("model.safetensors" if fw == "torch" else "state.safetensors")))
     return {k: v for k, v in a.items() if v.dtype.kind == "f"}  # Flax: model and optimiser state
@@ -111,17 +148,20 @@ def assert_same_metrics(a: Path, b: Path) -> None:
 
 def train_here(fw, out, *flags):
     import importlib
+
     importlib.import_module(f"vgg_{fw}.train").main([*FLAGS, *flags, "--out", str(out)])
     return out
 
 
 # ---------------------------------------------------------------------------- the loader's shards
 
+
 @pytest.mark.parametrize("n,batch,drop_last", [(2, 16, True), (3, 16, False), (4, 8, False)])
 def test_shards_partition_each_global_batch(n, batch, drop_last):
     """The n shards of a global batch, put together in order, are that batch; the epoch's
     number of steps and the order do not change."""
     from common.data import Loader
+
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 255, (70, 28, 28), dtype=np.uint8), np.arange(70) % 10
     kw = dict(batch_size=batch, resize=32, seed=3, drop_last=drop_last)
@@ -138,6 +178,7 @@ def test_shards_partition_each_global_batch(n, batch, drop_last):
 
 def test_devices_must_split_the_global_batch(capsys):
     from common.cli import parse_train_args
+
     with pytest.raises(SystemExit) as e:
         parse_train_args([*FLAGS, "--devices", "3"])
     assert e.value.code == 2 and "--batch-size 32 is the global batch" in capsys.readouterr().err
@@ -157,12 +198,14 @@ def test_only_the_primary_process_prints_and_writes(tmp_path, capsys):
             super().__init__(args)
             self.primary = False
 
-    training.run(training.TrainConfig.from_args(parse_train_args([*FLAGS, "--epochs", "1", "--out", str(tmp_path)])),
-                 Secondary)
+    training.run(
+        training.TrainConfig.from_args(parse_train_args([*FLAGS, "--epochs", "1", "--out", str(tmp_path)])), Secondary
+    )
     assert list(tmp_path.iterdir()) == [] and capsys.readouterr().out == ""
 
 
 # ---------------------------------------------------------------------------- PyTorch: DDP under torchrun
+
 
 @pytest.fixture(scope="module")
 def torch_runs(tmp_path_factory):
@@ -171,11 +214,37 @@ def torch_runs(tmp_path_factory):
     one = train_here("torch", d / "one", "--epochs", "1")
     train_here("torch", d / "full", "--epochs", "2")
     shutil.copytree(one, d / "one_then_two")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vgg_torch.train"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "vgg_torch.train",
+    ]
     outs = run_all([([*torchrun, *FLAGS, "--epochs", "1", "--out", str(d / "two")], env())])
     # --devices 2 outside torchrun: main starts torchrun itself
-    run_all([([sys.executable, "-m", "vgg_torch.train", *FLAGS, "--epochs", "2", "--resume", "--devices", "2",
-               "--out", str(d / "one_then_two")], env())])
+    run_all(
+        [
+            (
+                [
+                    sys.executable,
+                    "-m",
+                    "vgg_torch.train",
+                    *FLAGS,
+                    "--epochs",
+                    "2",
+                    "--resume",
+                    "--devices",
+                    "2",
+                    "--out",
+                    str(d / "one_then_two"),
+                ],
+                env(),
+            )
+        ]
+    )
     shutil.copytree(d / "two", d / "two_then_one")
     train_here("torch", d / "two_then_one", "--epochs", "2", "--resume")
     return d, outs[0]
@@ -188,8 +257,13 @@ def test_torch_ddp_matches_one_process(torch_runs, tmp_path):
     assert metrics(d / "two")["device"] == "cpu x2 (DistributedDataParallel, gloo)"
     # rank 0 alone reports: one epoch line, one 'wrote', one set of files, no temp files
     assert out.count("epoch 1/1:") == 1 and out.count("wrote ") == 1, out
-    assert sorted(p.name for p in (d / "two").iterdir()) == ["checkpoint-epoch1", "checkpoint.json",
-                                                            "metrics.json", "metrics.png", "model.safetensors"]
+    assert sorted(p.name for p in (d / "two").iterdir()) == [
+        "checkpoint-epoch1",
+        "checkpoint.json",
+        "metrics.json",
+        "metrics.png",
+        "model.safetensors",
+    ]
     # the controls: what a wrong convention would compute is far outside the tolerance
     ref = arrays("torch", d / "one", 1)
     for wrong in (["--lr", "0.02"], ["--batch-size", "16"]):
@@ -243,8 +317,14 @@ print(json.dumps({"param_devices": sorted({len(p.sharding.device_set) for p in p
 @pytest.fixture(scope="module")
 def flax_runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("flax")
-    (out,) = run_all([([sys.executable, "-c", FLAX_SCRIPT, json.dumps(FLAGS), str(d)],
-                       env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))])
+    (out,) = run_all(
+        [
+            (
+                [sys.executable, "-c", FLAX_SCRIPT, json.dumps(FLAGS), str(d)],
+                env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+            )
+        ]
+    )
     return d, json.loads(out.strip().splitlines()[-1])
 
 
@@ -269,8 +349,9 @@ def test_flax_two_processes_match_one_device(flax_runs, tmp_path):
     d, _ = flax_runs
     address = f"127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "vgg_flax.train", *FLAGS, "--epochs", "1", "--out", str(tmp_path)]
-    outs = run_all([(cmd, env(JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
-                    for i in range(2)])
+    outs = run_all(
+        [(cmd, env(JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))) for i in range(2)]
+    )
     assert outs[0].count("wrote ") == 1 and "wrote " not in outs[1], outs
     assert metrics(tmp_path)["device"] == "cpu:0 x2 (jax.sharding mesh, 2 processes)"
     assert_same(arrays("flax", d / "one", 1), arrays("flax", tmp_path, 1))
@@ -278,6 +359,7 @@ def test_flax_two_processes_match_one_device(flax_runs, tmp_path):
 
 
 # ---------------------------------------------------------------------------- Gluon: 2 contexts, KVStore
+
 
 @pytest.fixture(scope="module")
 def gluon_runs(tmp_path_factory):
@@ -354,12 +436,23 @@ assert late, f"the Trainer has no key {KEY}: the model changed, and this worker 
 def test_gluon_dist_sync_workers_match_one_context(gluon_runs, tmp_path):
     """A scheduler, a server and two dist_sync workers on this machine, given the DMLC_* environment
     that MXNet's tools/launch.py gives them on several; one initial pull comes late (LATE_PULL_WORKER)."""
-    common = dict(DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT=str(free_port()), DMLC_NUM_SERVER="1",
-                  DMLC_NUM_WORKER="2", DMLC_INTERFACE="lo")
+    common = dict(
+        DMLC_PS_ROOT_URI="127.0.0.1",
+        DMLC_PS_ROOT_PORT=str(free_port()),
+        DMLC_NUM_SERVER="1",
+        DMLC_NUM_WORKER="2",
+        DMLC_INTERFACE="lo",
+    )
     node = [sys.executable, "-c", "import vgg_gluon, mxnet"]  # importing mxnet runs a scheduler or server
     worker = [sys.executable, "-c", LATE_PULL_WORKER, *FLAGS, "--epochs", "1", "--out", str(tmp_path)]
-    outs = run_all([(node, env(DMLC_ROLE="scheduler", **common)), (node, env(DMLC_ROLE="server", **common)),
-                    (worker, env(DMLC_ROLE="worker", **common)), (worker, env(DMLC_ROLE="worker", **common))])
+    outs = run_all(
+        [
+            (node, env(DMLC_ROLE="scheduler", **common)),
+            (node, env(DMLC_ROLE="server", **common)),
+            (worker, env(DMLC_ROLE="worker", **common)),
+            (worker, env(DMLC_ROLE="worker", **common)),
+        ]
+    )
     assert sum(o.count("wrote ") for o in outs) == 1, outs
     assert "kvstore dist_sync, worker 0 of 2" in metrics(tmp_path)["device"]
     assert_same(arrays("gluon", gluon_runs / "one", 1), arrays("gluon", tmp_path, 1))

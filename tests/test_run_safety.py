@@ -6,6 +6,7 @@ there before (compared byte for byte, or tensor for tensor with safetensors' own
 
 One small run per framework (VGG-11/8 at 32 px, 2 epochs of 2 steps, the bundled sample) is shared
 by the cases; each case works on a copy of it."""
+
 import fcntl
 import os
 import shutil
@@ -21,8 +22,25 @@ from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "common" / "data"
-FLAGS = ["--width-ratio", "8", "--scale-classifier", "--resize", "32", "--data-dir", str(SAMPLE), "--batch-size", "32",
-         "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.01", "--normalize", "--no-progress"]
+FLAGS = [
+    "--width-ratio",
+    "8",
+    "--scale-classifier",
+    "--resize",
+    "32",
+    "--data-dir",
+    str(SAMPLE),
+    "--batch-size",
+    "32",
+    "--optimizer",
+    "sgd",
+    "--momentum",
+    "0.9",
+    "--lr",
+    "0.01",
+    "--normalize",
+    "--no-progress",
+]
 FRAMEWORKS = ["torch", "gluon", "flax"]
 
 
@@ -32,9 +50,16 @@ def _sigint_default():
 
 def start(fw, out, *flags, **kw):
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
-    return subprocess.Popen([sys.executable, "-m", f"vgg_{fw}.train", *FLAGS, *flags, "--out", str(out)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_sigint_default, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", f"vgg_{fw}.train", *FLAGS, *flags, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_default,
+        **kw,
+    )
 
 
 def train(fw, out, *flags):
@@ -54,8 +79,11 @@ def refused(r, code=2):
 
 def snapshot(folder: Path) -> dict:
     """Every file under `folder` (its lock file aside) and its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-            and p.name != ".lock"}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def tensors(path: Path) -> dict:
@@ -86,10 +114,17 @@ def copy(done, tmp_path) -> Path:
 
 # ---------------------------------------------------------------------------- two runs, one folder
 
+
 def test_a_finished_run_keeps_its_folder_and_lock_file_goes(done):
     fw, out = done
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-epoch1", "checkpoint-epoch2", "checkpoint.json",
-                                                    "metrics.json", "metrics.png", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint-epoch1",
+        "checkpoint-epoch2",
+        "checkpoint.json",
+        "metrics.json",
+        "metrics.png",
+        "model.safetensors",
+    ]
 
 
 def test_fresh_run_refuses_to_replace_another_runs_checkpoint(done, tmp_path):
@@ -106,12 +141,20 @@ def test_second_run_refused_while_the_folder_is_locked(done, tmp_path):
     and leaves everything as it was; once that process is killed, the lock is gone with it."""
     fw, _ = done
     out = copy(done, tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
-                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
-                               "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-                               "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
-                               "print('locked', flush=True)\ntime.sleep(600)\n", str(out / ".lock")],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+            "print('locked', flush=True)\ntime.sleep(600)\n",
+            str(out / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = snapshot(out)
@@ -130,6 +173,7 @@ def test_second_run_refused_while_the_folder_is_locked(done, tmp_path):
 
 
 # ---------------------------------------------------------------------------- damaged checkpoints
+
 
 def test_resume_falls_back_when_the_last_checkpoint_is_gone(done, tmp_path):
     """checkpoint.json truncated and the last checkpoint folder deleted: --resume says so, continues
@@ -156,7 +200,7 @@ def test_resume_refuses_an_unreadable_checkpoint(done, tmp_path, damage):
             shutil.rmtree(out / folder)
             continue
         big = max((out / folder).iterdir(), key=lambda p: p.stat().st_size)
-        big.write_bytes(big.read_bytes()[:big.stat().st_size // 2])
+        big.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
     before = snapshot(out)
     line = refused(train(fw, out, "--epochs", "2", "--max-steps", "2", "--resume"))
     assert "cannot be read" in line and "checkpoint-epoch2" in line and "--overwrite starts afresh" in line
@@ -164,6 +208,7 @@ def test_resume_refuses_an_unreadable_checkpoint(done, tmp_path, damage):
 
 
 # ---------------------------------------------------------------------------- Ctrl-C
+
 
 def test_ctrl_c_stops_with_one_line_and_keeps_the_checkpoint(done, tmp_path):
     """SIGINT soon after the first epoch's line (during its checkpoint or the next epoch's steps):
@@ -180,6 +225,7 @@ def test_ctrl_c_stops_with_one_line_and_keeps_the_checkpoint(done, tmp_path):
     line = refused(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr), code=130)
     assert "interrupted during" in line and "the last checkpoint (epoch 1) is intact; --resume continues" in line
     import json
+
     m = json.loads((out / "metrics.json").read_text())
     assert m["status"] == "interrupted" and m["message"].startswith("interrupted during") and len(m["epochs"]) >= 1
     assert json.loads((out / "checkpoint.json").read_text())["epoch"] == 1
@@ -188,12 +234,16 @@ def test_ctrl_c_stops_with_one_line_and_keeps_the_checkpoint(done, tmp_path):
 
 # ---------------------------------------------------------------------------- an unusable --out
 
-@pytest.mark.parametrize("fw,where,says", [
-    ("torch", "a file", "is a file, not a folder"),
-    ("gluon", "/proc/vgg-run", "cannot make this folder"),
-    ("flax", "/sys/vgg-run", "cannot make this folder"),
-    ("torch", "under a file", "cannot make this folder (Not a directory"),
-])
+
+@pytest.mark.parametrize(
+    "fw,where,says",
+    [
+        ("torch", "a file", "is a file, not a folder"),
+        ("gluon", "/proc/vgg-run", "cannot make this folder"),
+        ("flax", "/sys/vgg-run", "cannot make this folder"),
+        ("torch", "under a file", "cannot make this folder (Not a directory"),
+    ],
+)
 def test_unusable_out_is_refused_before_any_work(fw, where, says, tmp_path):
     (tmp_path / "f").write_text("kept")
     out = {"a file": tmp_path / "f", "under a file": tmp_path / "f" / "run"}.get(where, where)
@@ -206,6 +256,7 @@ def test_read_only_out_is_refused(tmp_path, monkeypatch):
     """A read-only file system (statvfs's ST_RDONLY; as root, /proc and /sys are the read-only
     places a test can reach, and they refuse at mkdir): the check's own branch."""
     from common import training
+
     real = os.statvfs
     monkeypatch.setattr(os, "statvfs", lambda p: type("V", (), {"f_flag": real(p).f_flag | os.ST_RDONLY})())
     with pytest.raises(training.RunError, match="is on a read-only file system"):
@@ -214,6 +265,7 @@ def test_read_only_out_is_refused(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- SIGKILL, then --resume
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_killed_runs_resume_to_the_same_weights(fw, tmp_path):
@@ -221,6 +273,7 @@ def test_killed_runs_resume_to_the_same_weights(fw, tmp_path):
     temp folder); each run resumed ends with the uninterrupted run's model.safetensors, bit for bit.
     The long version: python -m benchmarks.kill_resume --tries 10."""
     from benchmarks import kill_resume
+
     report = kill_resume.run([fw], tries=2, steps=4, folder=tmp_path, log=lambda *a: None)
     rows = report["frameworks"][fw]["tries"]
     assert all(r["ok"] for r in rows), rows

@@ -1,6 +1,7 @@
 """docs/side_by_side.{md,html} and README's vgg_block snippet: current, cut right, and with a
 true API table. The generator reads the code as text; these tests also hold what it cuts
 against `inspect.getsource` of the imported code and the API table against the libraries."""
+
 from __future__ import annotations
 
 import ast
@@ -30,7 +31,7 @@ def _mutate_vgg_block(text: str) -> str:
     fn = next(n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef) and n.name == "vgg_block")
     last = fn.body[-1]
     lines = text.splitlines(keepends=True)
-    indent = lines[last.lineno - 1][:last.col_offset]
+    indent = lines[last.lineno - 1][: last.col_offset]
     lines.insert(last.lineno - 1, f'{indent}note = "{MARK}"\n')
     return "".join(lines)
 
@@ -86,12 +87,14 @@ def _resolve(module: str, dotted: str):
 def test_each_cut_holds_the_source_python_reports():
     """Independent truth: inspect.getsource of the imported objects (decorators included)."""
     import vgg_gluon  # noqa: F401  (before mxnet)
+
     for piece, row in sbs.cut_pieces(sbs.read_sources(ROOT)):
         for fw, (path, cut) in row.items():
             module = path[:-3].replace("/", ".")
             for name in piece.names[fw]:
                 src = inspect.getsource(_resolve(module, name)).rstrip("\n")
                 assert src in cut.code, f"{piece.key}/{fw}: {name} not cut whole"
+
 
 def test_decorators_come_with_their_function():
     step = next(row for p, row in sbs.cut_pieces(sbs.read_sources(ROOT)) if p.key == "step")["flax"][1].code
@@ -123,8 +126,9 @@ def _placeholders(fw: str, ns: dict) -> dict:
         net.add(nn.Dense(2, in_units=2))
         net.initialize()
         x = mx.nd.zeros(1)
-        return dict(net=net, x=x, loss=x, trainer=gluon.Trainer(net.collect_params(), "sgd"),
-                    p=gluon.Parameter("w", shape=(1,)))
+        return dict(
+            net=net, x=x, loss=x, trainer=gluon.Trainer(net.collect_params(), "sgd"), p=gluon.Parameter("w", shape=(1,))
+        )
     nnx, optax, jnp = ns["nnx"], ns["optax"], ns["jnp"]
     model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
     x = jnp.zeros(1)
@@ -143,6 +147,7 @@ def _chain(node) -> list[str] | None:
 @pytest.fixture(scope="module")
 def namespaces():
     import vgg_gluon  # noqa: F401  (restores np.bool before mxnet)
+
     out = {}
     for i, fw in enumerate(sbs.FRAMEWORKS):
         ns = {}
@@ -154,7 +159,7 @@ def namespaces():
 def _lookup(ns: dict, chain: list[str], where: str):
     obj = ns[chain[0]]
     for i, attr in enumerate(chain[1:], 1):
-        assert hasattr(obj, attr), f"{where}: {'.'.join(chain[:i + 1])} does not exist"
+        assert hasattr(obj, attr), f"{where}: {'.'.join(chain[: i + 1])} does not exist"
         obj = getattr(obj, attr)
     return obj
 

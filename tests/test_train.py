@@ -1,5 +1,6 @@
 """Training in the three frameworks: it learns, it reports, it resumes exactly, it stops on NaN,
 and the side-by-side runner reports all three. Small VGGs (width ratio 8, 32 px) keep it quick."""
+
 import importlib
 import json
 import re
@@ -21,12 +22,28 @@ DATA = str(SHARED if (SHARED / "t10k-labels-idx1-ubyte.gz").is_file() else SAMPL
 # 300 steps of 64: one pass over 19,200 images, or 4 x 75 steps over the sample's 6,000.
 EPOCHS, STEPS = (1, 300) if DATA == str(SHARED) else (4, 75)
 SMALL = ["--width-ratio", "8", "--scale-classifier", "--resize", "32"]
-TINY = [*SMALL, "--data-dir", str(SAMPLE), "--batch-size", "32", "--max-steps", "4",
-        "--optimizer", "sgd", "--momentum", "0.9", "--init", "kaiming", "--normalize"]  # + --lr
+TINY = [
+    *SMALL,
+    "--data-dir",
+    str(SAMPLE),
+    "--batch-size",
+    "32",
+    "--max-steps",
+    "4",
+    "--optimizer",
+    "sgd",
+    "--momentum",
+    "0.9",
+    "--init",
+    "kaiming",
+    "--normalize",
+]  # + --lr
 FRAMEWORKS = ["torch", "gluon", "flax"]
-CHECKPOINT_FILES = {"torch": {"model.safetensors", "state.pt", "epoch.json"},
-                    "gluon": {"model.params", "trainer.states", "state.json"},
-                    "flax": {"state.safetensors", "state.json"}}
+CHECKPOINT_FILES = {
+    "torch": {"model.safetensors", "state.pt", "epoch.json"},
+    "gluon": {"model.params", "trainer.states", "state.json"},
+    "flax": {"state.safetensors", "state.json"},
+}
 # Same threshold for the three frameworks (chance is 0.1). Measured after 300 Adam steps of 64:
 # 0.7x-0.8x in each; the margin covers seeds, thread counts and the bundled sample.
 LEARNS = 0.6
@@ -41,6 +58,7 @@ def checkpoint_arrays(fw, folder: Path) -> dict:
     """The model's arrays as NumPy, read with each format's own reader (not the code under test)."""
     if fw == "gluon":
         import mxnet as mx
+
         return {k: v.asnumpy() for k, v in mx.nd.load(str(folder / "model.params")).items()}
     arrays = load_file(str(folder / ("model.safetensors" if fw == "torch" else "state.safetensors")))
     return {k: v for k, v in arrays.items() if fw == "torch" or k.startswith("model/")}
@@ -51,8 +69,23 @@ def checkpoint_arrays(fw, folder: Path) -> dict:
 def test_learns_and_reports(fw, tmp_path):
     """300 Adam steps on real Fashion-MNIST (or the bundled sample) reach far above chance; every
     report is there and well formed."""
-    m = train(fw, tmp_path, *SMALL, "--data-dir", DATA, "--batch-size", "64", "--optimizer", "adam",
-              "--lr", "1e-3", "--epochs", str(EPOCHS), "--max-steps", str(STEPS))
+    m = train(
+        fw,
+        tmp_path,
+        *SMALL,
+        "--data-dir",
+        DATA,
+        "--batch-size",
+        "64",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-3",
+        "--epochs",
+        str(EPOCHS),
+        "--max-steps",
+        str(STEPS),
+    )
     e = m["epochs"][-1]
     assert len(m["epochs"]) == EPOCHS and len(m["curve"]) == 5 * EPOCHS
     assert e["test_acc"] >= LEARNS, e
@@ -67,8 +100,22 @@ def test_learns_and_reports(fw, tmp_path):
     assert not list(tmp_path.glob(".*")), "temp files left behind"
     # the exported weights, evaluated by the NEXT framework, give this run's test accuracy
     other = FRAMEWORKS[(FRAMEWORKS.index(fw) + 1) % len(FRAMEWORKS)]
-    out = subprocess.run([sys.executable, "-m", f"vgg_{other}.evaluate", "--weights", str(tmp_path / "model.safetensors"),
-                          "--data-dir", DATA, "--device", "cpu"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            f"vgg_{other}.evaluate",
+            "--weights",
+            str(tmp_path / "model.safetensors"),
+            "--data-dir",
+            DATA,
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert f"saved by {fw}" in out, out
     correct, total = (int(v.replace(",", "")) for v in re.search(r"\(([\d,]+) / ([\d,]+)\)", out).groups())
     assert abs(correct - e["test_acc"] * total) <= 3, (out, e)  # a near-tie may flip in float rounding
@@ -105,8 +152,26 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fw, tmp_path, capsys):
 
 
 def test_compare_reports_three_frameworks(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "common.compare", *TINY, "--lr", "0.01", "--epochs", "1", "--max-steps", "3",
-                        "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "common.compare",
+            *TINY,
+            "--lr",
+            "0.01",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "3",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert [row["framework"] for row in report["rows"]] == FRAMEWORKS
@@ -133,8 +198,14 @@ def test_compare_redoes_its_own_runs(tmp_path, monkeypatch):
 
     def fake(framework, argv, out):
         calls.append(argv)
-        return {"framework": framework, "status": "finished", "seconds": 0.0, "command": "",
-                "curve": [{"epoch": 1, "loss": 1.0, "train_acc": 0.5}], "epochs": [{"epoch": 1, "test_acc": 0.5}]}
+        return {
+            "framework": framework,
+            "status": "finished",
+            "seconds": 0.0,
+            "command": "",
+            "curve": [{"epoch": 1, "loss": 1.0, "train_acc": 0.5}],
+            "epochs": [{"epoch": 1, "test_acc": 0.5}],
+        }
 
     monkeypatch.setattr(compare, "run_one", fake)
     compare.main([*TINY, "--lr", "0.01", "--out", str(tmp_path)])
@@ -159,10 +230,12 @@ def reference_update(optimizer, w, grads, lr, momentum=0.9, b1=0.9, b2=0.999, ep
 def apply_updates(fw, optimizer, w0, grads, lr, momentum):
     """One weight vector, given gradients, the framework's own make_optimizer."""
     from argparse import Namespace
+
     args = Namespace(optimizer=optimizer, lr=lr, momentum=momentum)
     make_optimizer = importlib.import_module(f"vgg_{fw}.train").make_optimizer
     if fw == "torch":
         import torch
+
         net = torch.nn.Linear(1, len(w0), bias=False)
         net.weight.data[:] = torch.tensor(w0).reshape(-1, 1)
         opt = make_optimizer(net, args)
@@ -173,6 +246,7 @@ def apply_updates(fw, optimizer, w0, grads, lr, momentum):
     if fw == "gluon":
         import mxnet as mx
         from mxnet import autograd, gluon
+
         net = gluon.nn.Dense(len(w0), in_units=1, use_bias=False)
         net.initialize()
         net.weight.set_data(mx.nd.array(w0.reshape(-1, 1)))
@@ -185,6 +259,7 @@ def apply_updates(fw, optimizer, w0, grads, lr, momentum):
         return net.weight.data().asnumpy().ravel()
     import jax
     from flax import nnx
+
     model = nnx.Linear(1, len(w0), use_bias=False, rngs=nnx.Rngs(0))
     model.kernel[...] = jax.numpy.asarray(w0.reshape(1, -1))
     opt = make_optimizer(model, args)
@@ -208,6 +283,7 @@ def test_optimizers_follow_the_same_update(fw, optimizer, lr, momentum):
 
 def test_padded_batches_keep_one_shape():
     from common.data import Loader
+
     loader = Loader(np.zeros((70, 28, 28), np.uint8), np.arange(70) % 10, batch_size=32, resize=32, shuffle=False)
     got = list(training.padded_batches(loader))
     assert [x.shape[0] for x, _, _ in got] == [32, 32, 32] and [v for *_, v in got] == [32, 32, 6]
@@ -216,19 +292,24 @@ def test_padded_batches_keep_one_shape():
 
 # ---------------------------------------------------------------------------- GPU (skipped without one)
 
+
 def gpu_backend(fw):
     """The framework's Backend on its GPU, or a skip that says which framework sees none."""
     if fw == "torch":
         import torch
+
         if not torch.cuda.is_available():
             pytest.skip("no GPU visible to torch")
     elif fw == "gluon":
         import vgg_gluon  # noqa: F401
+
         import mxnet as mx
+
         if mx.context.num_gpus() == 0:
             pytest.skip("no GPU visible to MXNet (a CPU-only mxnet wheel, or no device)")
     else:
         import jax
+
         try:
             jax.devices("gpu")
         except RuntimeError:
@@ -241,8 +322,11 @@ def gpu_backend(fw):
 def test_trains_on_gpu(fw):
     from common.cli import parse_train_args
     from common.data import Loader, load_fashion_mnist
+
     Backend = gpu_backend(fw)
-    b = Backend(parse_train_args([*SMALL, "--device", "gpu", "--batch-size", "64", "--optimizer", "adam", "--lr", "1e-3"]))
+    b = Backend(
+        parse_train_args([*SMALL, "--device", "gpu", "--batch-size", "64", "--optimizer", "adam", "--lr", "1e-3"])
+    )
     assert b.device in ("cuda:0", "gpu(0)", "gpu:0")
     if fw == "torch":
         assert all(p.is_cuda for p in b.net.parameters())
@@ -251,6 +335,7 @@ def test_trains_on_gpu(fw):
     else:
         import jax
         from flax import nnx
+
         assert all(leaf.devices() == {b.dev} for leaf in jax.tree.leaves(nnx.state(b.model, nnx.Param)))
     data = load_fashion_mnist(DATA)
     loader = Loader(data.train_images, data.train_labels, batch_size=64, resize=32, drop_last=True)
@@ -286,9 +371,11 @@ def test_keep_freed_memory_serves_large_blocks_from_the_heap_and_keeps_them():
     """The train scripts' allocator setting: a large block comes from malloc's heap, not an mmap
     of its own, and stays with malloc (free for the next step) after it is freed. Without it,
     glibc maps the block and unmaps it on free."""
+
     def probe(mode):
-        out = subprocess.run([sys.executable, "-c", KEEP_PROBE, mode], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", KEEP_PROBE, mode], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
         return out[0], int(out[1]), int(out[2])
 
     kept, mmapped, free_mib = probe("keep")

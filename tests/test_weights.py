@@ -1,5 +1,6 @@
 """The canonical weight format: names and shapes, files, the compatibility check and its
 messages, the torchvision mapping, and the `vgg_X.evaluate` commands."""
+
 import json
 import os
 import re
@@ -7,12 +8,20 @@ from math import prod
 
 import numpy as np
 import pytest
+from frameworks import random_canonical
 
 from common.arch import CONFIGS, D2L_CONV_ARCH, expected_counts, make_spec
 from common.data import SAMPLE_DIR
-from common.weights import (WeightsError, check_compatible, expected_canonical, load_weights, read_spec,
-                            save_weights, spec_from_metadata, spec_metadata)
-from frameworks import random_canonical
+from common.weights import (
+    WeightsError,
+    check_compatible,
+    expected_canonical,
+    load_weights,
+    read_spec,
+    save_weights,
+    spec_from_metadata,
+    spec_metadata,
+)
 
 TINY = dict(width_ratio=8, scale_classifier=True, image_size=32)
 
@@ -33,8 +42,14 @@ def test_canonical_names_shapes_and_order_in_every_framework(fw):
         expected = expected_canonical(spec)
         assert list(got) == list(expected), f"{fw.name} {arch}"
         assert {k: v.shape for k, v in got.items()} == expected and all(v.dtype == np.float32 for v in got.values())
-    assert list(expected)[:6] == ["block1.conv1.weight", "block1.conv1.bias", "block1.conv2.weight",
-                                  "block1.conv2.bias", "block2.conv1.weight", "block2.conv1.bias"]
+    assert list(expected)[:6] == [
+        "block1.conv1.weight",
+        "block1.conv1.bias",
+        "block1.conv2.weight",
+        "block1.conv2.bias",
+        "block2.conv1.weight",
+        "block2.conv1.bias",
+    ]
 
 
 def test_save_and_load_in_every_framework(fw, tmp_path):
@@ -51,11 +66,16 @@ def test_save_and_load_in_every_framework(fw, tmp_path):
     assert all(np.array_equal(back[k], tensors[k]) for k in tensors)
 
 
-@pytest.mark.parametrize("arch,kw", [("vgg11", dict(width_ratio=8, scale_classifier=True)),
-                                     ("vgg16_c", dict(in_channels=3, num_classes=1000, width_ratio=16, image_size=32)),
-                                     ("vgg11_lrn", dict(image_size=(64, 96), dropout=0.1)),
-                                     ("vgg19_bn", dict(width_ratio=4, scale_classifier=True)),
-                                     (D2L_CONV_ARCH, dict(width_ratio=4, image_size=96))])
+@pytest.mark.parametrize(
+    "arch,kw",
+    [
+        ("vgg11", dict(width_ratio=8, scale_classifier=True)),
+        ("vgg16_c", dict(in_channels=3, num_classes=1000, width_ratio=16, image_size=32)),
+        ("vgg11_lrn", dict(image_size=(64, 96), dropout=0.1)),
+        ("vgg19_bn", dict(width_ratio=4, scale_classifier=True)),
+        (D2L_CONV_ARCH, dict(width_ratio=4, image_size=96)),
+    ],
+)
 def test_metadata_rebuilds_the_same_spec(tmp_path, arch, kw):
     spec = make_spec(arch, **kw)
     shapes = expected_canonical(spec)
@@ -74,18 +94,49 @@ def _error(expected_spec, got_spec):
     return str(e.value)
 
 
-@pytest.mark.parametrize("model,weights,first,detail", [
-    # vgg11 has 1 conv in block 1, vgg13 has 2: the extra block1.conv2 comes first
-    (("vgg11", TINY), ("vgg13", TINY), "block1.conv2", "the weights have block1.conv2.weight (8, 8, 3, 3), which this model does not"),
-    (("vgg13", TINY), ("vgg11", TINY), "block1.conv2", "block1.conv2.weight (8, 8, 3, 3) is missing from the weights"),
-    (("vgg11", dict(TINY, width_ratio=4)), ("vgg11", TINY), "block1.conv1",
-     "block1.conv1.weight is (8, 1, 3, 3) in the weights but (16, 1, 3, 3) in this model"),
-    (("vgg11", dict(TINY, image_size=64)), ("vgg11", TINY), "fc1",
-     "fc1.weight is (512, 64) in the weights but (512, 256) in this model"),
-    (("vgg11", TINY), ("vgg11_bn", TINY), "block1.bn1", "the weights have block1.bn1.weight (8,)"),
-    (("vgg11", TINY), ("vgg11", dict(TINY, num_classes=5)), "fc3", "fc3.weight is (5, 512) in the weights but (10, 512)"),
-    (("vgg11", TINY), ("vgg11", dict(TINY, in_channels=3)), "block1.conv1", "(8, 3, 3, 3) in the weights but (8, 1, 3, 3)"),
-])
+@pytest.mark.parametrize(
+    "model,weights,first,detail",
+    [
+        # vgg11 has 1 conv in block 1, vgg13 has 2: the extra block1.conv2 comes first
+        (
+            ("vgg11", TINY),
+            ("vgg13", TINY),
+            "block1.conv2",
+            "the weights have block1.conv2.weight (8, 8, 3, 3), which this model does not",
+        ),
+        (
+            ("vgg13", TINY),
+            ("vgg11", TINY),
+            "block1.conv2",
+            "block1.conv2.weight (8, 8, 3, 3) is missing from the weights",
+        ),
+        (
+            ("vgg11", dict(TINY, width_ratio=4)),
+            ("vgg11", TINY),
+            "block1.conv1",
+            "block1.conv1.weight is (8, 1, 3, 3) in the weights but (16, 1, 3, 3) in this model",
+        ),
+        (
+            ("vgg11", dict(TINY, image_size=64)),
+            ("vgg11", TINY),
+            "fc1",
+            "fc1.weight is (512, 64) in the weights but (512, 256) in this model",
+        ),
+        (("vgg11", TINY), ("vgg11_bn", TINY), "block1.bn1", "the weights have block1.bn1.weight (8,)"),
+        (
+            ("vgg11", TINY),
+            ("vgg11", dict(TINY, num_classes=5)),
+            "fc3",
+            "fc3.weight is (5, 512) in the weights but (10, 512)",
+        ),
+        (
+            ("vgg11", TINY),
+            ("vgg11", dict(TINY, in_channels=3)),
+            "block1.conv1",
+            "(8, 3, 3, 3) in the weights but (8, 1, 3, 3)",
+        ),
+    ],
+)
 def test_mismatch_names_the_first_layer_that_differs(model, weights, first, detail):
     msg = _error(make_spec(model[0], **model[1]), make_spec(weights[0], **weights[1]))
     assert f"the first layer that differs is {first}:" in msg and detail in msg, msg
@@ -123,6 +174,7 @@ def test_file_errors(tmp_path):
     with pytest.raises(WeightsError, match="not a readable safetensors file"):
         load_weights(tmp_path / "junk.safetensors")
     from safetensors.numpy import save_file  # someone else's safetensors: tensors, no spec
+
     save_file({"features.0.weight": np.zeros((2, 2), np.float32)}, tmp_path / "other.safetensors")
     with pytest.raises(WeightsError, match="not a vgg-three-ways/1 weights file"):
         read_spec(tmp_path / "other.safetensors")
@@ -138,10 +190,13 @@ def _spec_and_tensors():
 
 def test_non_finite_tensors_are_refused_by_name(tmp_path):
     from safetensors.numpy import save_file
+
     spec, tensors = _spec_and_tensors()
-    for bad, name, says in ((np.nan, "fc3.weight", "holds 3 NaN values (of 5,120)"),
-                            (np.inf, "block2.conv1.weight", "holds 3 infinite values"),
-                            (-np.inf, "fc1.bias", "holds 3 infinite values (of 512)")):
+    for bad, name, says in (
+        (np.nan, "fc3.weight", "holds 3 NaN values (of 5,120)"),
+        (np.inf, "block2.conv1.weight", "holds 3 infinite values"),
+        (-np.inf, "fc1.bias", "holds 3 infinite values (of 512)"),
+    ):
         broken = dict(tensors, **{name: tensors[name].copy()})
         broken[name].reshape(-1)[[0, 7, -1]] = bad
         save_file(broken, tmp_path / "w.safetensors", metadata=spec_metadata(spec))
@@ -157,9 +212,13 @@ def test_non_finite_tensors_are_refused_by_name(tmp_path):
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, np.bool_])
 def test_integer_tensors_are_refused(tmp_path, dtype):
     from safetensors.numpy import save_file
+
     spec, tensors = _spec_and_tensors()
-    save_file({k: (v * 100).astype(dtype) for k, v in tensors.items()}, tmp_path / "w.safetensors",
-              metadata=spec_metadata(spec))
+    save_file(
+        {k: (v * 100).astype(dtype) for k, v in tensors.items()},
+        tmp_path / "w.safetensors",
+        metadata=spec_metadata(spec),
+    )
     kind = np.dtype(dtype).name
     with pytest.raises(WeightsError, match=rf"block1\.conv1\.weight stores {kind} values; weights are floating point"):
         load_weights(tmp_path / "w.safetensors")
@@ -167,17 +226,23 @@ def test_integer_tensors_are_refused(tmp_path, dtype):
 
 def test_float16_and_float64_become_float32_with_a_note(tmp_path, capsys):
     from safetensors.numpy import save_file
+
     spec, tensors = _spec_and_tensors()
     for dtype, how in ((np.float16, "widened"), (np.float64, "narrowed")):
-        save_file({k: v.astype(dtype) for k, v in tensors.items()}, tmp_path / "w.safetensors",
-                  metadata=spec_metadata(spec))
+        save_file(
+            {k: v.astype(dtype) for k, v in tensors.items()}, tmp_path / "w.safetensors", metadata=spec_metadata(spec)
+        )
         got = read_spec(tmp_path / "w.safetensors")[1]
-        assert all(got[k].dtype == np.float32 and np.array_equal(got[k], tensors[k].astype(dtype).astype(np.float32))
-                   for k in tensors)
+        assert all(
+            got[k].dtype == np.float32 and np.array_equal(got[k], tensors[k].astype(dtype).astype(np.float32))
+            for k in tensors
+        )
         assert np.abs(got["fc1.weight"] - tensors["fc1.weight"]).max() > 0 or dtype is np.float64  # float16 rounds
         err = capsys.readouterr().err
-        assert err == (f"note: {tmp_path / 'w.safetensors'} stores {np.dtype(dtype).name} (block1.conv1.weight and "
-                       f"{len(tensors) - 1} more); {how} to float32\n"), err
+        assert err == (
+            f"note: {tmp_path / 'w.safetensors'} stores {np.dtype(dtype).name} (block1.conv1.weight and "
+            f"{len(tensors) - 1} more); {how} to float32\n"
+        ), err
 
 
 def _write_safetensors_by_hand(path, tensors: dict, metadata: dict):
@@ -197,9 +262,11 @@ def test_bfloat16_is_widened_exactly(tmp_path, capsys):
     NumPy has no bfloat16, so the file is written by hand from the format's specification."""
     spec, tensors = _spec_and_tensors()
     cut = {k: (v.view(np.uint32) & 0xFFFF0000).view(np.float32) for k, v in tensors.items()}
-    _write_safetensors_by_hand(tmp_path / "w.safetensors", {
-        k: ("BF16", v.shape, (v.view(np.uint32) >> 16).astype("<u2").tobytes()) for k, v in cut.items()},
-        spec_metadata(spec))
+    _write_safetensors_by_hand(
+        tmp_path / "w.safetensors",
+        {k: ("BF16", v.shape, (v.view(np.uint32) >> 16).astype("<u2").tobytes()) for k, v in cut.items()},
+        spec_metadata(spec),
+    )
     got_spec, got, _ = read_spec(tmp_path / "w.safetensors")
     assert got_spec == spec and all(got[k].dtype == np.float32 and np.array_equal(got[k], cut[k]) for k in cut)
     assert "stores bfloat16 (block1.conv1.weight and 21 more); widened to float32" in capsys.readouterr().err
@@ -215,20 +282,26 @@ def test_a_folder_given_as_weights(tmp_path):
         read_spec(tmp_path)
 
 
-@pytest.mark.parametrize("field,value,says", [
-    ("image_size", [16, 16], "5 poolings shrink a (16, 16) input to nothing"),
-    ("num_classes", 0, "sizes must be positive integers"),
-    ("blocks", [[8, [5]]], "every block needs positive channels and kernels of size 1 or 3"),
-    ("dropout", 1.5, "dropout must lie in [0, 1)"),
-    ("in_channels", "1", "sizes must be positive integers"),
-])
+@pytest.mark.parametrize(
+    "field,value,says",
+    [
+        ("image_size", [16, 16], "5 poolings shrink a (16, 16) input to nothing"),
+        ("num_classes", 0, "sizes must be positive integers"),
+        ("blocks", [[8, [5]]], "every block needs positive channels and kernels of size 1 or 3"),
+        ("dropout", 1.5, "dropout must lie in [0, 1)"),
+        ("in_channels", "1", "sizes must be positive integers"),
+    ],
+)
 def test_a_spec_that_cannot_be_built_is_refused(tmp_path, field, value, says):
     spec, tensors = _spec_and_tensors()
     metadata = spec_metadata(spec)
     metadata["spec"] = json.dumps(dict(json.loads(metadata["spec"]), **{field: value}))
     save_weights(tmp_path / "w.safetensors", tensors, metadata)
-    with pytest.raises(WeightsError, match=rf"w\.safetensors: the file's metadata holds no usable VGG spec "
-                                           rf"\({re.escape(says)}"):
+    with pytest.raises(
+        WeightsError,
+        match=rf"w\.safetensors: the file's metadata holds no usable VGG spec "
+        rf"\({re.escape(says)}",
+    ):
         read_spec(tmp_path / "w.safetensors")
 
 
@@ -247,16 +320,52 @@ def test_save_overwrites_atomically(tmp_path):
 def test_torchvision_mapping_of_names():
     """torchvision's layer indices, written out by hand from torchvision/models/vgg.py's make_layers."""
     from vgg_torch.weights import from_torchvision
-    sd = {f"{k}.weight": np.zeros(1) for k in ("features.0", "features.3", "features.6", "features.8", "features.11",
-                                               "features.13", "features.16", "features.18",
-                                               "classifier.0", "classifier.3", "classifier.6")}
-    assert list(from_torchvision(sd, "vgg11")) == [f"{n}.weight" for n in (
-        "block1.conv1", "block2.conv1", "block3.conv1", "block3.conv2", "block4.conv1", "block4.conv2",
-        "block5.conv1", "block5.conv2", "fc1", "fc2", "fc3")]
-    bn = {"features.0.weight": 0, "features.1.running_var": 0, "features.1.num_batches_tracked": 0,
-          "features.4.bias": 0, "features.5.running_mean": 0}
-    assert list(from_torchvision(bn, "vgg11_bn")) == ["block1.conv1.weight", "block1.bn1.running_var",
-                                                      "block2.conv1.bias", "block2.bn1.running_mean"]
+
+    sd = {
+        f"{k}.weight": np.zeros(1)
+        for k in (
+            "features.0",
+            "features.3",
+            "features.6",
+            "features.8",
+            "features.11",
+            "features.13",
+            "features.16",
+            "features.18",
+            "classifier.0",
+            "classifier.3",
+            "classifier.6",
+        )
+    }
+    assert list(from_torchvision(sd, "vgg11")) == [
+        f"{n}.weight"
+        for n in (
+            "block1.conv1",
+            "block2.conv1",
+            "block3.conv1",
+            "block3.conv2",
+            "block4.conv1",
+            "block4.conv2",
+            "block5.conv1",
+            "block5.conv2",
+            "fc1",
+            "fc2",
+            "fc3",
+        )
+    ]
+    bn = {
+        "features.0.weight": 0,
+        "features.1.running_var": 0,
+        "features.1.num_batches_tracked": 0,
+        "features.4.bias": 0,
+        "features.5.running_mean": 0,
+    }
+    assert list(from_torchvision(bn, "vgg11_bn")) == [
+        "block1.conv1.weight",
+        "block1.bn1.running_var",
+        "block2.conv1.bias",
+        "block2.bn1.running_mean",
+    ]
     with pytest.raises(WeightsError, match=r"torchvision key features\.2\.weight has no place in vgg11"):
         from_torchvision({"features.2.weight": np.zeros(1)}, "vgg11")  # vgg13's block1.conv2
 
@@ -266,11 +375,13 @@ def test_torchvision_mapping_of_names():
 
 def test_evaluate_commands_agree(tmp_path, capsys):
     """Weights saved by torch, evaluated by all three: the same accuracy, to the image."""
+    from vgg_gluon.evaluate import main as gluon_main
+
     import vgg_torch.model
     import vgg_torch.weights
     from vgg_flax.evaluate import main as flax_main
-    from vgg_gluon.evaluate import main as gluon_main
     from vgg_torch.evaluate import main as torch_main
+
     spec = make_spec("vgg11_bn", **TINY)
     net = vgg_torch.weights.from_canonical(vgg_torch.model.vgg(spec), random_canonical(spec, seed=3))
     path = tmp_path / "trained_in_torch.safetensors"
@@ -287,11 +398,14 @@ def test_evaluate_commands_agree(tmp_path, capsys):
 @pytest.mark.parametrize("mod", ["vgg_torch", "vgg_gluon", "vgg_flax"])
 def test_evaluate_errors_are_one_line(tmp_path, capsys, mod):
     import importlib
+
     main = importlib.import_module(f"{mod}.evaluate").main
     spec = make_spec("vgg11", in_channels=3, num_classes=1000, width_ratio=8, scale_classifier=True, image_size=32)
     save_weights(tmp_path / "imagenet.safetensors", random_canonical(spec), spec_metadata(spec))
-    for path, message in ((tmp_path / "nope.safetensors", "no such file"),
-                          (tmp_path / "imagenet.safetensors", "needs 1 channel, 10 classes")):
+    for path, message in (
+        (tmp_path / "nope.safetensors", "no such file"),
+        (tmp_path / "imagenet.safetensors", "needs 1 channel, 10 classes"),
+    ):
         with pytest.raises(SystemExit) as e:
             main(["--weights", str(path)])
         err = capsys.readouterr().err

@@ -24,6 +24,7 @@ highlights fenced code but not code inside `<td>`, and squeezes three table colu
 its ~900 px, where 100-character lines would scroll inside each cell. Full-width blocks
 read better there; the HTML page is where the three columns stand next to each other.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,11 @@ from common.training import write_atomic
 ROOT = Path(__file__).resolve().parents[1]
 MD, HTML, README, NOTES = "docs/side_by_side.md", "docs/side_by_side.html", "README.md", "docs/side_by_side_notes.md"
 README_BEGIN, README_END = "<!-- side-by-side:vgg_block -->", "<!-- end side-by-side:vgg_block -->"
-FRAMEWORKS = {"torch": ("PyTorch", "vgg_torch"), "gluon": ("MXNet Gluon", "vgg_gluon"), "flax": ("Flax NNX", "vgg_flax")}
+FRAMEWORKS = {
+    "torch": ("PyTorch", "vgg_torch"),
+    "gluon": ("MXNet Gluon", "vgg_gluon"),
+    "flax": ("Flax NNX", "vgg_flax"),
+}
 STYLE = "default"  # Pygments style; its CSS is inlined, so the page needs no other file
 
 
@@ -70,8 +75,12 @@ def _same(*names):
 PIECES = (
     Piece("block", "The VGG block", "model", _same("vgg_block")),
     Piece("network", "The network", "model", _same("vgg")),
-    Piece("init", "Initialisation", "model",
-          {"torch": ("init_weights",), "gluon": ("_initializers",), "flax": ("_initializers",)}),
+    Piece(
+        "init",
+        "Initialisation",
+        "model",
+        {"torch": ("init_weights",), "gluon": ("_initializers",), "flax": ("_initializers",)},
+    ),
     Piece("shapes", "The shape summary", "model", _same("layer_shapes", "summary")),
     Piece("count", "Counting parameters and state", "model", _same("count_parameters")),
     Piece("setup", "Device, random seeds, compilation", "train", _same("Backend.__init__", "Backend.start_epoch")),
@@ -87,98 +96,213 @@ PIECES = (
 # tests/test_side_by_side.py resolves every dotted name and checks every keyword argument
 # against the installed libraries.
 API_TABLE = (
-    ("Imports (the names below)",
-     "import torch; import torch.nn.functional as F; from torch import nn; from safetensors.torch import save_file",
-     "import mxnet as mx; import numpy as np; from mxnet import autograd, gluon; from mxnet.gluon import nn",
-     "import jax; import jax.numpy as jnp; import numpy as np; import optax; from flax import nnx; "
-     "from safetensors.numpy import save_file"),
-    ("Data layout", "x  # (N, C, H, W)", "x  # (N, C, H, W), layout='NCHW' is the default",
-     "jnp.transpose(x, (0, 2, 3, 1))  # NCHW -> (N, H, W, C)"),
-    ("Container", "nn.Sequential(OrderedDict(conv1=conv, relu1=relu))",
-     "net = nn.HybridSequential(); net.register_child(conv, 'conv1')",
-     "class Block(nnx.Module): ...  # attributes are the layers, __call__ the order"),
-    ("Convolution, 3x3 'same'", "nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)",
-     "nn.Conv2D(out_channels, kernel_size=3, padding=1, in_channels=in_channels)",
-     "nnx.Conv(in_channels, out_channels, (3, 3), padding='SAME', rngs=rngs)"),
-    ("Activation", "nn.ReLU(inplace=True); F.relu(x)",
-     "nn.Conv2D(out_channels, 3, activation='relu'); nn.Activation('relu')", "nnx.relu(x)"),
-    ("Max-pool 2x2", "nn.MaxPool2d(kernel_size=2, stride=2)", "nn.MaxPool2D(pool_size=2, strides=2)",
-     "nnx.max_pool(x, (2, 2), strides=(2, 2))  # on a CPU, vgg_flax.xla_cpu: reshape + max"),
-    ("Batch norm", "nn.BatchNorm2d(channels)  # momentum=0.1: weight of the new batch",
-     "nn.BatchNorm(in_channels=channels)  # momentum=0.9: weight of the old value",
-     "nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs)  # default momentum 0.99"),
-    ("Local response norm", "nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)",
-     "mx.nd.LRN(x, nsize=5, alpha=1e-4, beta=0.75, knorm=2.0)  # F.LRN in a HybridLambda",
-     "jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 1, 1, 5), (1, 1, 1, 1), pad)  # none built in"),
-    ("Flatten", "nn.Flatten()  # (C, H, W) order",
-     "nn.Dense(units, flatten=True)  # the default: Dense flattens, (C, H, W) order",
-     "x.reshape(x.shape[0], -1)  # (H, W, C) order"),
-    ("Dense", "nn.Linear(in_features, out_features)", "nn.Dense(units, in_units=in_features)",
-     "nnx.Linear(in_features, out_features, rngs=rngs)"),
+    (
+        "Imports (the names below)",
+        "import torch; import torch.nn.functional as F; from torch import nn; from safetensors.torch import save_file",
+        "import mxnet as mx; import numpy as np; from mxnet import autograd, gluon; from mxnet.gluon import nn",
+        "import jax; import jax.numpy as jnp; import numpy as np; import optax; from flax import nnx; "
+        "from safetensors.numpy import save_file",
+    ),
+    (
+        "Data layout",
+        "x  # (N, C, H, W)",
+        "x  # (N, C, H, W), layout='NCHW' is the default",
+        "jnp.transpose(x, (0, 2, 3, 1))  # NCHW -> (N, H, W, C)",
+    ),
+    (
+        "Container",
+        "nn.Sequential(OrderedDict(conv1=conv, relu1=relu))",
+        "net = nn.HybridSequential(); net.register_child(conv, 'conv1')",
+        "class Block(nnx.Module): ...  # attributes are the layers, __call__ the order",
+    ),
+    (
+        "Convolution, 3x3 'same'",
+        "nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)",
+        "nn.Conv2D(out_channels, kernel_size=3, padding=1, in_channels=in_channels)",
+        "nnx.Conv(in_channels, out_channels, (3, 3), padding='SAME', rngs=rngs)",
+    ),
+    (
+        "Activation",
+        "nn.ReLU(inplace=True); F.relu(x)",
+        "nn.Conv2D(out_channels, 3, activation='relu'); nn.Activation('relu')",
+        "nnx.relu(x)",
+    ),
+    (
+        "Max-pool 2x2",
+        "nn.MaxPool2d(kernel_size=2, stride=2)",
+        "nn.MaxPool2D(pool_size=2, strides=2)",
+        "nnx.max_pool(x, (2, 2), strides=(2, 2))  # on a CPU, vgg_flax.xla_cpu: reshape + max",
+    ),
+    (
+        "Batch norm",
+        "nn.BatchNorm2d(channels)  # momentum=0.1: weight of the new batch",
+        "nn.BatchNorm(in_channels=channels)  # momentum=0.9: weight of the old value",
+        "nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs)  # default momentum 0.99",
+    ),
+    (
+        "Local response norm",
+        "nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)",
+        "mx.nd.LRN(x, nsize=5, alpha=1e-4, beta=0.75, knorm=2.0)  # F.LRN in a HybridLambda",
+        "jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 1, 1, 5), (1, 1, 1, 1), pad)  # none built in",
+    ),
+    (
+        "Flatten",
+        "nn.Flatten()  # (C, H, W) order",
+        "nn.Dense(units, flatten=True)  # the default: Dense flattens, (C, H, W) order",
+        "x.reshape(x.shape[0], -1)  # (H, W, C) order",
+    ),
+    (
+        "Dense",
+        "nn.Linear(in_features, out_features)",
+        "nn.Dense(units, in_units=in_features)",
+        "nnx.Linear(in_features, out_features, rngs=rngs)",
+    ),
     ("Dropout", "nn.Dropout(p=0.5)", "nn.Dropout(rate=0.5)", "nnx.Dropout(rate=0.5, rngs=rngs)"),
-    ("Training / inference mode", "net.train(); net.eval()",
-     "with autograd.record(): out = net(x)  # training behaviour only inside record()",
-     "model.train(); model.eval()"),
-    ("Xavier-uniform init", "nn.init.xavier_uniform_(w)",
-     "mx.init.Xavier(rnd_type='uniform', factor_type='avg', magnitude=3)", "nnx.initializers.xavier_uniform()"),
-    ("Kaiming-normal fan-out init", "nn.init.kaiming_normal_(w, mode='fan_out', nonlinearity='relu')",
-     "mx.init.Xavier(rnd_type='gaussian', factor_type='out', magnitude=2)",
-     "nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')"),
-    ("N(0, 0.01), zeros", "nn.init.normal_(w, 0.0, 0.01); nn.init.zeros_(b)",
-     "mx.init.Normal(0.01); mx.init.Zero()", "nnx.initializers.normal(0.01); nnx.initializers.zeros"),
-    ("Where initialisers go", "init_weights(net)  # after construction, in place",
-     "nn.Conv2D(out_channels, 3, weight_initializer=init); net.initialize(ctx=ctx)",
-     "nnx.Conv(in_channels, out_channels, (3, 3), kernel_init=init, rngs=rngs)"),
-    ("Parameters allocated", "net = nn.Linear(4, 2)  # at construction",
-     "net.initialize(ctx=mx.cpu())  # deferred until here",
-     "nnx.Linear(4, 2, rngs=nnx.Rngs(0))  # at construction; nnx.eval_shape(lambda: ...) allocates nothing"),
-    ("Loss", "F.cross_entropy(logits, y)  # batch mean",
-     "gluon.loss.SoftmaxCrossEntropyLoss()(logits, y)  # per example",
-     "optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()"),
-    ("Gradients", "loss.backward()  # into each parameter's .grad",
-     "with autograd.record(): loss = loss_fn(net(x), y)\nloss.backward()  # into p.grad()",
-     "(loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)  # an nnx.State"),
-    ("Clearing gradients", "optimizer.zero_grad(set_to_none=True)  # they accumulate",
-     "p.grad_req  # 'write' (default): overwritten", "grads  # return values: nothing to clear"),
-    ("Optimiser", "torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)",
-     "gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1, 'momentum': 0.9})",
-     "nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)"),
-    ("Adam", "torch.optim.Adam(net.parameters(), lr=1e-3)",
-     "gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 1e-3})", "optax.adam(1e-3)"),
-    ("Update", "optimizer.step()", "trainer.step(batch_size)  # divides the summed gradients",
-     "optimizer.update(model, grads)"),
-    ("Compilation", "torch.compile(net)  # optional; eager otherwise",
-     "net.hybridize(static_alloc=True, static_shape=True)", "nnx.jit(train_step)  # as the decorator @nnx.jit"),
-    ("Device", "device = torch.device('cuda:0'); net.to(device); x.to(device)",
-     "ctx = mx.gpu(0); net.initialize(ctx=ctx); mx.nd.array(x, ctx=ctx)",
-     "device = jax.devices('gpu')[0]; jax.device_put(x, device)"),
-    ("Is a GPU visible?", "torch.cuda.is_available()", "mx.context.num_gpus() > 0",
-     "jax.devices('gpu')  # RuntimeError when none"),
+    (
+        "Training / inference mode",
+        "net.train(); net.eval()",
+        "with autograd.record(): out = net(x)  # training behaviour only inside record()",
+        "model.train(); model.eval()",
+    ),
+    (
+        "Xavier-uniform init",
+        "nn.init.xavier_uniform_(w)",
+        "mx.init.Xavier(rnd_type='uniform', factor_type='avg', magnitude=3)",
+        "nnx.initializers.xavier_uniform()",
+    ),
+    (
+        "Kaiming-normal fan-out init",
+        "nn.init.kaiming_normal_(w, mode='fan_out', nonlinearity='relu')",
+        "mx.init.Xavier(rnd_type='gaussian', factor_type='out', magnitude=2)",
+        "nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')",
+    ),
+    (
+        "N(0, 0.01), zeros",
+        "nn.init.normal_(w, 0.0, 0.01); nn.init.zeros_(b)",
+        "mx.init.Normal(0.01); mx.init.Zero()",
+        "nnx.initializers.normal(0.01); nnx.initializers.zeros",
+    ),
+    (
+        "Where initialisers go",
+        "init_weights(net)  # after construction, in place",
+        "nn.Conv2D(out_channels, 3, weight_initializer=init); net.initialize(ctx=ctx)",
+        "nnx.Conv(in_channels, out_channels, (3, 3), kernel_init=init, rngs=rngs)",
+    ),
+    (
+        "Parameters allocated",
+        "net = nn.Linear(4, 2)  # at construction",
+        "net.initialize(ctx=mx.cpu())  # deferred until here",
+        "nnx.Linear(4, 2, rngs=nnx.Rngs(0))  # at construction; nnx.eval_shape(lambda: ...) allocates nothing",
+    ),
+    (
+        "Loss",
+        "F.cross_entropy(logits, y)  # batch mean",
+        "gluon.loss.SoftmaxCrossEntropyLoss()(logits, y)  # per example",
+        "optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()",
+    ),
+    (
+        "Gradients",
+        "loss.backward()  # into each parameter's .grad",
+        "with autograd.record(): loss = loss_fn(net(x), y)\nloss.backward()  # into p.grad()",
+        "(loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)  # an nnx.State",
+    ),
+    (
+        "Clearing gradients",
+        "optimizer.zero_grad(set_to_none=True)  # they accumulate",
+        "p.grad_req  # 'write' (default): overwritten",
+        "grads  # return values: nothing to clear",
+    ),
+    (
+        "Optimiser",
+        "torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)",
+        "gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1, 'momentum': 0.9})",
+        "nnx.Optimizer(model, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)",
+    ),
+    (
+        "Adam",
+        "torch.optim.Adam(net.parameters(), lr=1e-3)",
+        "gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 1e-3})",
+        "optax.adam(1e-3)",
+    ),
+    (
+        "Update",
+        "optimizer.step()",
+        "trainer.step(batch_size)  # divides the summed gradients",
+        "optimizer.update(model, grads)",
+    ),
+    (
+        "Compilation",
+        "torch.compile(net)  # optional; eager otherwise",
+        "net.hybridize(static_alloc=True, static_shape=True)",
+        "nnx.jit(train_step)  # as the decorator @nnx.jit",
+    ),
+    (
+        "Device",
+        "device = torch.device('cuda:0'); net.to(device); x.to(device)",
+        "ctx = mx.gpu(0); net.initialize(ctx=ctx); mx.nd.array(x, ctx=ctx)",
+        "device = jax.devices('gpu')[0]; jax.device_put(x, device)",
+    ),
+    (
+        "Is a GPU visible?",
+        "torch.cuda.is_available()",
+        "mx.context.num_gpus() > 0",
+        "jax.devices('gpu')  # RuntimeError when none",
+    ),
     ("Back to NumPy", "x.cpu().numpy(); loss.item()", "x.asnumpy(); loss.asscalar()", "np.asarray(x); float(loss)"),
-    ("Inference without a tape", "with torch.inference_mode(): out = net(x)",
-     "out = net(x)  # nothing is recorded outside autograd.record()",
-     "out = model(x)  # nothing is differentiated outside nnx.grad"),
-    ("Shapes without data", "with torch.no_grad(): net(torch.zeros(1, 3, 224, 224))  # computes",
-     "net(mx.sym.var('data')).infer_shape(data=(1, 3, 224, 224))",
-     "jax.eval_shape(f, jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))"),
-    ("Trainable parameters", "sum(p.numel() for p in net.parameters() if p.requires_grad)",
-     "sum(np.prod(p.shape) for p in net.collect_params().values() if p.grad_req != 'null')",
-     "sum(v.size for v in jax.tree.leaves(nnx.state(model, nnx.Param)))"),
-    ("Batch-norm statistics", "net.named_buffers()  # running_mean, running_var, num_batches_tracked",
-     "p.grad_req == 'null'  # running_mean, running_var: Parameters without gradient",
-     "nnx.state(model, nnx.BatchStat)  # mean, var"),
-    ("Parameter names", "net.state_dict()  # 'block1.conv1.weight'",
-     "net._collect_params_with_prefix()  # 'block1.conv1.weight'; collect_params(): global prefixes",
-     "nnx.to_flat_state(nnx.state(model))  # ('block1', 'conv1', 'kernel')"),
-    ("Saving weights", "save_file(net.state_dict(), path); net.load_state_dict(state)",
-     "net.save_parameters(path); net.load_parameters(path, ctx=ctx)",
-     "save_file(flat, path)  # flat from nnx.to_pure_dict(nnx.state(model)); back: nnx.update(model, state)"),
-    ("Optimiser state", "torch.save(optimizer.state_dict(), path)", "trainer.save_states(path); trainer.load_states(path)",
-     "nnx.state(optimizer)"),
-    ("Seeding", "torch.manual_seed(seed)  # one global generator", "mx.random.seed(seed, ctx=ctx)  # global, per device",
-     "nnx.Rngs(params=seed, dropout=seed); nnx.reseed(model, dropout=seed)  # streams, no global state"),
-    ("RNG state", "torch.get_rng_state(); torch.set_rng_state(state)", "mx.random.seed(seed)  # cannot be read back: reseed",
-     "nnx.state(model, nnx.RngState)  # keys and counts, saved with the model"),
+    (
+        "Inference without a tape",
+        "with torch.inference_mode(): out = net(x)",
+        "out = net(x)  # nothing is recorded outside autograd.record()",
+        "out = model(x)  # nothing is differentiated outside nnx.grad",
+    ),
+    (
+        "Shapes without data",
+        "with torch.no_grad(): net(torch.zeros(1, 3, 224, 224))  # computes",
+        "net(mx.sym.var('data')).infer_shape(data=(1, 3, 224, 224))",
+        "jax.eval_shape(f, jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))",
+    ),
+    (
+        "Trainable parameters",
+        "sum(p.numel() for p in net.parameters() if p.requires_grad)",
+        "sum(np.prod(p.shape) for p in net.collect_params().values() if p.grad_req != 'null')",
+        "sum(v.size for v in jax.tree.leaves(nnx.state(model, nnx.Param)))",
+    ),
+    (
+        "Batch-norm statistics",
+        "net.named_buffers()  # running_mean, running_var, num_batches_tracked",
+        "p.grad_req == 'null'  # running_mean, running_var: Parameters without gradient",
+        "nnx.state(model, nnx.BatchStat)  # mean, var",
+    ),
+    (
+        "Parameter names",
+        "net.state_dict()  # 'block1.conv1.weight'",
+        "net._collect_params_with_prefix()  # 'block1.conv1.weight'; collect_params(): global prefixes",
+        "nnx.to_flat_state(nnx.state(model))  # ('block1', 'conv1', 'kernel')",
+    ),
+    (
+        "Saving weights",
+        "save_file(net.state_dict(), path); net.load_state_dict(state)",
+        "net.save_parameters(path); net.load_parameters(path, ctx=ctx)",
+        "save_file(flat, path)  # flat from nnx.to_pure_dict(nnx.state(model)); back: nnx.update(model, state)",
+    ),
+    (
+        "Optimiser state",
+        "torch.save(optimizer.state_dict(), path)",
+        "trainer.save_states(path); trainer.load_states(path)",
+        "nnx.state(optimizer)",
+    ),
+    (
+        "Seeding",
+        "torch.manual_seed(seed)  # one global generator",
+        "mx.random.seed(seed, ctx=ctx)  # global, per device",
+        "nnx.Rngs(params=seed, dropout=seed); nnx.reseed(model, dropout=seed)  # streams, no global state",
+    ),
+    (
+        "RNG state",
+        "torch.get_rng_state(); torch.set_rng_state(state)",
+        "mx.random.seed(seed)  # cannot be read back: reseed",
+        "nnx.state(model, nnx.RngState)  # keys and counts, saved with the model",
+    ),
 )
 
 
@@ -247,11 +371,15 @@ class Source:
         cls_name, _, method = dotted.rpartition(".")
         node = self.top.get(cls_name or method)
         if node is not None and cls_name:
-            found = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == method]
+            found = [
+                n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == method
+            ]
             node = found[0] if isinstance(node, ast.ClassDef) and found else None
         if node is None:
-            raise SideBySideError(f"{self.path} has no `{dotted}` (piece '{piece.title}'); "
-                                  "rename it in PIECES in tools/side_by_side.py, then regenerate")
+            raise SideBySideError(
+                f"{self.path} has no `{dotted}` (piece '{piece.title}'); "
+                "rename it in PIECES in tools/side_by_side.py, then regenerate"
+            )
         return node
 
     def cut(self, piece: Piece, names: tuple[str, ...], claimed: set[str]) -> Cut:
@@ -266,7 +394,7 @@ class Source:
         chunks, open_class = [], None
         for dotted, node in order:
             cls = dotted.rpartition(".")[0] or None
-            text = "\n".join(self.lines[_first_line(node, self.lines) - 1:node.end_lineno])
+            text = "\n".join(self.lines[_first_line(node, self.lines) - 1 : node.end_lineno])
             if cls and cls != open_class:  # a method is shown under its class's first line
                 text = self.lines[self.top[cls].lineno - 1] + "\n" + text
             chunks.append(text)
@@ -276,8 +404,12 @@ class Source:
 
 def read_sources(root: Path) -> dict[str, str]:
     """The text of every file PIECES cuts from, plus the notes, the README and the pins."""
-    paths = {f"{pkg}/{p.module}.py" for _, pkg in FRAMEWORKS.values() for p in PIECES} | {NOTES, README, "pyproject.toml",
-                                                                                         "Makefile"}
+    paths = {f"{pkg}/{p.module}.py" for _, pkg in FRAMEWORKS.values() for p in PIECES} | {
+        NOTES,
+        README,
+        "pyproject.toml",
+        "Makefile",
+    }
     out = {}
     for rel in sorted(paths):
         try:
@@ -343,8 +475,10 @@ def pinned_versions(pins_text: str) -> str:
     """The framework pins from pyproject.toml and the Makefile (which installs MXNet on its own):
     they change only when the pins do."""
     pins = dict(re.findall(r"\b(torch|mxnet|flax|jax)==([\w.]+)", pins_text))
-    return f"PyTorch {pins.get('torch', '?')}, MXNet {pins.get('mxnet', '?')}, Flax {pins.get('flax', '?')} " \
-           f"(JAX {pins.get('jax', '?')})"
+    return (
+        f"PyTorch {pins.get('torch', '?')}, MXNet {pins.get('mxnet', '?')}, Flax {pins.get('flax', '?')} "
+        f"(JAX {pins.get('jax', '?')})"
+    )
 
 
 # --- the Markdown ----------------------------------------------------------------------------
@@ -363,19 +497,29 @@ def render_markdown(pieces, notes: dict[str, str], versions: str) -> str:
     out = [
         "<!-- Generated by `python -m tools.side_by_side` from the code and docs/side_by_side_notes.md: "
         "edit those, then regenerate. -->",
-        "# VGG three ways, side by side", "",
-        notes["intro"], "",
+        "# VGG three ways, side by side",
+        "",
+        notes["intro"],
+        "",
         "The same page in three columns with syntax highlighting: [side_by_side.html](side_by_side.html) "
-        "(GitHub shows it as source; open it from a clone). Pinned versions: " + versions + ".", "",
+        "(GitHub shows it as source; open it from a clone). Pinned versions: " + versions + ".",
+        "",
         *(f"{i}. [{p.title}](#{github_slug(t)})" for i, ((p, _), t) in enumerate(zip(pieces, titles), 1)),
-        f"{len(pieces) + 1}. [API correspondences](#{github_slug(f'{len(pieces) + 1}. API correspondences')})", "",
+        f"{len(pieces) + 1}. [API correspondences](#{github_slug(f'{len(pieces) + 1}. API correspondences')})",
+        "",
     ]
     for (p, row), title in zip(pieces, titles):
         out += [f"## {title}", "", notes[p.key], ""]
         for fw, (path, cut) in row.items():
             out += [f"### {_caption(fw, path, cut)}", "", _fenced(cut.code), ""]
-    out += [f"## {len(pieces) + 1}. API correspondences", "", notes["api"], "",
-            "| | " + " | ".join(name for name, _ in FRAMEWORKS.values()) + " |", "|---|---|---|---|"]
+    out += [
+        f"## {len(pieces) + 1}. API correspondences",
+        "",
+        notes["api"],
+        "",
+        "| | " + " | ".join(name for name, _ in FRAMEWORKS.values()) + " |",
+        "|---|---|---|---|",
+    ]
     for concept, *cells in API_TABLE:
         code = [" ".join(f"`{line}`" for line in c.replace("|", "\\|").splitlines()) for c in cells]
         out.append(f"| {concept} | " + " | ".join(code) + " |")
@@ -393,8 +537,10 @@ def render_readme_snippet(pieces) -> str:
 
 def splice_readme(readme: str, snippet: str) -> str:
     if readme.count(README_BEGIN) != 1 or readme.count(README_END) != 1:
-        raise SideBySideError(f"{README} needs exactly one {README_BEGIN} ... {README_END} pair "
-                              "(in its '## Side by side' section) for the generated vgg_block")
+        raise SideBySideError(
+            f"{README} needs exactly one {README_BEGIN} ... {README_END} pair "
+            "(in its '## Side by side' section) for the generated vgg_block"
+        )
     head, rest = readme.split(README_BEGIN)
     _, tail = rest.split(README_END)
     return f"{head}{README_BEGIN}\n{snippet}{README_END}{tail}"
@@ -455,7 +601,7 @@ def _drop_spaces(line: str, n: int) -> str:
             i = line.index(">", i) + 1
         else:
             assert line[i] == " ", line
-            line, n = line[:i] + line[i + 1:], n - 1
+            line, n = line[:i] + line[i + 1 :], n - 1
     return line
 
 
@@ -481,19 +627,31 @@ def render_html(pieces, notes: dict[str, str], versions: str) -> str:
         f'<ol class="toc">{toc}<li><a href="#api">API correspondences</a></li></ol>',
     ]
     for i, (p, row) in enumerate(pieces, 1):
-        out += [f'<section id="{p.key}"><h2>{i}. {html.escape(p.title)}</h2>', markdown_to_html(notes[p.key]),
-                '<div class="cols">']
+        out += [
+            f'<section id="{p.key}"><h2>{i}. {html.escape(p.title)}</h2>',
+            markdown_to_html(notes[p.key]),
+            '<div class="cols">',
+        ]
         for fw, (path, cut) in row.items():
             names = ", ".join(f"<code>{html.escape(x)}</code>" for x in cut.names)
-            out.append(f'<div class="col"><div class="cap"><b>{FRAMEWORKS[fw][0]}</b> · <code>{path}</code> · '
-                       f'{names}</div><div class="highlight"><pre>{_highlight_lines(cut.code)}</pre></div></div>')
+            out.append(
+                f'<div class="col"><div class="cap"><b>{FRAMEWORKS[fw][0]}</b> · <code>{path}</code> · '
+                f'{names}</div><div class="highlight"><pre>{_highlight_lines(cut.code)}</pre></div></div>'
+            )
         out += ["</div></section>"]
-    out += [f'<section id="api"><h2>{n + 1}. API correspondences</h2>', markdown_to_html(notes["api"]),
-            '<table class="api"><thead><tr><th></th>'
-            + "".join(f"<th>{name}</th>" for name, _ in FRAMEWORKS.values()) + "</tr></thead><tbody>"]
+    out += [
+        f'<section id="api"><h2>{n + 1}. API correspondences</h2>',
+        markdown_to_html(notes["api"]),
+        '<table class="api"><thead><tr><th></th>'
+        + "".join(f"<th>{name}</th>" for name, _ in FRAMEWORKS.values())
+        + "</tr></thead><tbody>",
+    ]
     for concept, *cells in API_TABLE:
-        out.append(f"<tr><th>{html.escape(concept)}</th>" + "".join(f"<td>{_highlight_inline(c)}</td>" for c in cells)
-                   + "</tr>")
+        out.append(
+            f"<tr><th>{html.escape(concept)}</th>"
+            + "".join(f"<td>{_highlight_inline(c)}</td>" for c in cells)
+            + "</tr>"
+        )
     out += ["</tbody></table></section>", "</body></html>"]
     return "\n".join(out) + "\n"
 
@@ -524,9 +682,10 @@ def stale(root: Path, outputs: dict[str, str]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.side_by_side",
-                                 description="Write docs/side_by_side.{md,html} and README's vgg_block snippet "
-                                             "from the three implementations.")
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.side_by_side",
+        description="Write docs/side_by_side.{md,html} and README's vgg_block snippet from the three implementations.",
+    )
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a committed file is stale")
     ap.add_argument("--root", type=Path, default=ROOT, help="project root (default: this checkout)")
     args = ap.parse_args(argv)
@@ -538,8 +697,11 @@ def main(argv=None) -> int:
     old = stale(args.root, outputs)
     if args.check:
         if old:
-            print(f"error: {', '.join(old)} {'is' if len(old) == 1 else 'are'} out of date with the code: "
-                  "run `python -m tools.side_by_side` (or `make docs`) and commit the result", file=sys.stderr)
+            print(
+                f"error: {', '.join(old)} {'is' if len(old) == 1 else 'are'} out of date with the code: "
+                "run `python -m tools.side_by_side` (or `make docs`) and commit the result",
+                file=sys.stderr,
+            )
             return 1
         print(f"up to date: {', '.join(outputs)}")
         return 0

@@ -5,6 +5,7 @@
 
 The model is rebuilt from the spec in the file's metadata (common.evaluate does the flags and the report).
 """
+
 from __future__ import annotations
 
 import flax
@@ -49,8 +50,14 @@ def predict(model, x, device):
 
 def main(argv=None):
     with main_guard():
-        evaluate_main("vgg_flax.evaluate", argv, framework=f"Flax {flax.__version__}",
-                      pick_device=pick_device, load_model=load_model, predict=predict)
+        evaluate_main(
+            "vgg_flax.evaluate",
+            argv,
+            framework=f"Flax {flax.__version__}",
+            pick_device=pick_device,
+            load_model=load_model,
+            predict=predict,
+        )
 
 
 if __name__ == "__main__":

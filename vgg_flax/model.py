@@ -7,6 +7,7 @@ batches once. Attribute names give the project's parameter scheme
 Plain Flax layers only: the rewrites that make XLA:CPU fast live in `vgg_flax.xla_cpu`,
 which the train, evaluate and benchmark commands install on a model that runs on a CPU.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -27,15 +28,18 @@ def _initializers(init: str):
     """(conv kernel, dense kernel) initialisers: the same distributions as vgg_torch.init_weights."""
     if init == "xavier":  # Xavier/Glorot uniform
         return nnx.initializers.xavier_uniform(), nnx.initializers.xavier_uniform()
-    if init == "kaiming":  # torchvision's recipe; "normal", not "truncated_normal" (he_normal's), as torch's kaiming_normal_
+    if (
+        init == "kaiming"
+    ):  # torchvision's recipe; "normal", not "truncated_normal" (he_normal's), as torch's kaiming_normal_
         return nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), nnx.initializers.normal(0.01)
     raise ValueError(f"unknown init {init!r}; use 'xavier' or 'kaiming'")
 
 
 def local_response_norm(x, size=LRN["size"], alpha=LRN["alpha"], beta=LRN["beta"], k=LRN["k"]):
     """Across-channel LRN over the last (channel) axis, scaled by alpha / size like torch and MXNet."""
-    window = jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 1, 1, size), (1, 1, 1, 1),
-                                   ((0, 0), (0, 0), (0, 0), (size // 2, (size - 1) // 2)))
+    window = jax.lax.reduce_window(
+        x * x, 0.0, jax.lax.add, (1, 1, 1, size), (1, 1, 1, 1), ((0, 0), (0, 0), (0, 0), (size // 2, (size - 1) // 2))
+    )
     return x / (k + alpha / size * window) ** beta
 
 
@@ -44,8 +48,11 @@ class VGGBlock(nnx.Module):
         conv_init, _ = _initializers(init)
         self.num_convs, self.batch_norm, self.lrn = len(kernel_sizes), batch_norm, lrn
         for j, k in enumerate(kernel_sizes, 1):
-            setattr(self, f"conv{j}", nnx.Conv(in_channels, out_channels, (k, k), padding="SAME",
-                                               kernel_init=conv_init, rngs=rngs))
+            setattr(
+                self,
+                f"conv{j}",
+                nnx.Conv(in_channels, out_channels, (k, k), padding="SAME", kernel_init=conv_init, rngs=rngs),
+            )
             if batch_norm:  # momentum and epsilon as torch's and Gluon's defaults
                 setattr(self, f"bn{j}", nnx.BatchNorm(out_channels, momentum=0.9, epsilon=1e-5, rngs=rngs))
             in_channels = out_channels
@@ -62,11 +69,27 @@ class VGGBlock(nnx.Module):
         return self.pool(x)
 
 
-def vgg_block(num_convs, out_channels, in_channels, *, kernel_sizes=None, batch_norm=False, lrn=False,
-              init="xavier", rngs: nnx.Rngs):
+def vgg_block(
+    num_convs,
+    out_channels,
+    in_channels,
+    *,
+    kernel_sizes=None,
+    batch_norm=False,
+    lrn=False,
+    init="xavier",
+    rngs: nnx.Rngs,
+):
     """`num_convs` convolutions (3x3, 'same' padding) with ReLU, then a 2x2 max-pool."""
-    return VGGBlock(kernel_sizes or (3,) * num_convs, out_channels, in_channels,
-                    batch_norm=batch_norm, lrn=lrn, init=init, rngs=rngs)
+    return VGGBlock(
+        kernel_sizes or (3,) * num_convs,
+        out_channels,
+        in_channels,
+        batch_norm=batch_norm,
+        lrn=lrn,
+        init=init,
+        rngs=rngs,
+    )
 
 
 class VGG(nnx.Module):
@@ -74,8 +97,20 @@ class VGG(nnx.Module):
         self.spec = spec
         cin = spec.in_channels
         for i, b in enumerate(spec.blocks, 1):
-            setattr(self, f"block{i}", vgg_block(b.num_convs, b.out_channels, cin, kernel_sizes=b.kernel_sizes,
-                                                  batch_norm=spec.batch_norm, lrn=spec.lrn and i == 1, init=init, rngs=rngs))
+            setattr(
+                self,
+                f"block{i}",
+                vgg_block(
+                    b.num_convs,
+                    b.out_channels,
+                    cin,
+                    kernel_sizes=b.kernel_sizes,
+                    batch_norm=spec.batch_norm,
+                    lrn=spec.lrn and i == 1,
+                    init=init,
+                    rngs=rngs,
+                ),
+            )
             cin = b.out_channels
         _, dense_init = _initializers(init)
         h = spec.hidden_units

@@ -15,6 +15,7 @@ its own part of each global batch (the loader's `shard`).
 Batch norm differs from the other two frameworks here: the program is the global one, so its
 batch statistics are taken over the whole global batch (synchronised, as on one device).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,8 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from common import training
 from common.training import DeviceError, RunError
@@ -34,12 +36,12 @@ AXIS = "data"
 
 @dataclass(frozen=True)
 class Context:
-    devices: list        # this process's devices (the mesh holds every process's)
-    world: int           # devices in the whole job: each global batch is cut into this many parts
-    shard: tuple         # (this process's part, parts): common.data.Loader's shard
-    primary: bool        # the one process that prints, writes reports and checkpoints
-    describe: str        # for the reports, e.g. 'cpu:0 x2 (jax.sharding mesh)'
-    batch: jax.sharding.Sharding       # where a batch goes: split along its first axis
+    devices: list  # this process's devices (the mesh holds every process's)
+    world: int  # devices in the whole job: each global batch is cut into this many parts
+    shard: tuple  # (this process's part, parts): common.data.Loader's shard
+    primary: bool  # the one process that prints, writes reports and checkpoints
+    describe: str  # for the reports, e.g. 'cpu:0 x2 (jax.sharding mesh)'
+    batch: jax.sharding.Sharding  # where a batch goes: split along its first axis
     replicated: jax.sharding.Sharding  # where parameters and optimiser state go: on every device
 
 
@@ -65,24 +67,35 @@ def setup(args) -> Context:
     local = jax.local_devices(backend=platform)
     n = args.devices or (len(local) if jax.process_count() > 1 else 1)
     if n > len(local):
-        hint = (" (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N before starting "
-                "makes N host devices)" if platform == "cpu" else "")
+        hint = (
+            " (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N before starting makes N host devices)"
+            if platform == "cpu"
+            else ""
+        )
         raise DeviceError(f"--devices {n}: JAX sees {len(local)} {platform} device(s) on this machine{hint}")
     procs = jax.process_count()
     by_process = [[d for d in jax.devices(platform) if d.process_index == p][:n] for p in range(procs)]
     world = sum(map(len, by_process))
     if args.batch_size % world:
-        raise RunError(f"--batch-size {args.batch_size} (the global batch) does not split evenly over {world} "
-                       f"devices; use a multiple of {world}")
+        raise RunError(
+            f"--batch-size {args.batch_size} (the global batch) does not split evenly over {world} "
+            f"devices; use a multiple of {world}"
+        )
     mine = by_process[jax.process_index()]
     if world == 1:
         one = jax.sharding.SingleDeviceSharding(mine[0])
         return Context(mine, 1, (0, 1), True, f"{platform}:{mine[0].id}", one, one)
     mesh = Mesh(np.array([d for ds in by_process for d in ds]), (AXIS,))
     where = f", {procs} processes" if procs > 1 else ""
-    return Context(mine, world, (jax.process_index(), procs), jax.process_index() == 0,
-                   f"{platform}:{local[0].id} x{world} (jax.sharding mesh{where})",
-                   NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P()))
+    return Context(
+        mine,
+        world,
+        (jax.process_index(), procs),
+        jax.process_index() == 0,
+        f"{platform}:{local[0].id} x{world} (jax.sharding mesh{where})",
+        NamedSharding(mesh, P(AXIS)),
+        NamedSharding(mesh, P()),
+    )
 
 
 def prepare(dp: Context, *nodes) -> None:

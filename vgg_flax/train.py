@@ -8,6 +8,7 @@ NNX state (model parameters, batch statistics, dropout RNG, optimiser state).
 Why safetensors rather than orbax: the state is small and flat, a single file is what the other
 two frameworks' checkpoints look like, and loading it runs no code (orbax would also do).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,7 @@ from safetensors.numpy import load_file, save_file
 from common import training
 from common.cli import main_guard, parse_train_args, spec_kwargs
 from common.errors import CheckpointError, reason
-from vgg_flax import parallel
-from vgg_flax import weights
-from vgg_flax import xla_cpu
+from vgg_flax import parallel, weights, xla_cpu
 from vgg_flax.model import count_parameters, vgg
 
 
@@ -97,8 +96,10 @@ def _flatten(tree, prefix="") -> dict:
 def save_checkpoint(folder, model, optimizer, epoch: int) -> None:
     """state.safetensors: every array of the model and the optimiser, named by its path
     ('model/block1/conv1/kernel', 'optimizer/opt_state/0/trace/...', 'model/dropout/rngs/key')."""
-    arrays = {**_flatten(nnx.to_pure_dict(nnx.state(model)), "model/"),
-              **_flatten(nnx.to_pure_dict(nnx.state(optimizer)), "optimizer/")}
+    arrays = {
+        **_flatten(nnx.to_pure_dict(nnx.state(model)), "model/"),
+        **_flatten(nnx.to_pure_dict(nnx.state(optimizer)), "optimizer/"),
+    }
     save_file(arrays, str(folder / "state.safetensors"), metadata={"epoch": str(epoch)})
     (folder / "state.json").write_text(json.dumps({"epoch": epoch}))
 
@@ -115,13 +116,17 @@ def load_checkpoint(folder, model, optimizer) -> int:
             def restore(p, leaf):
                 name = prefix + _name(p)
                 if name not in saved:
-                    raise CheckpointError(f"{path} is not a checkpoint this project wrote for this model: it has no "
-                                          f"{name}. Resume from another checkpoint, or start afresh with another --out")
+                    raise CheckpointError(
+                        f"{path} is not a checkpoint this project wrote for this model: it has no "
+                        f"{name}. Resume from another checkpoint, or start afresh with another --out"
+                    )
                 v, want = saved[name], (jax.random.key_data(leaf) if _is_key(leaf) else leaf)
                 if v.shape != want.shape:
-                    raise CheckpointError(f"{path} is not a checkpoint this project wrote for this model: {name} is "
-                                          f"{v.shape} in the file but {want.shape} here. Resume from another "
-                                          "checkpoint, or start afresh with another --out")
+                    raise CheckpointError(
+                        f"{path} is not a checkpoint this project wrote for this model: {name} is "
+                        f"{v.shape} in the file but {want.shape} here. Resume from another "
+                        "checkpoint, or start afresh with another --out"
+                    )
                 v = jnp.asarray(v)
                 return jax.random.wrap_key_data(v) if _is_key(leaf) else v
 
@@ -130,12 +135,15 @@ def load_checkpoint(folder, model, optimizer) -> int:
         path = folder / "state.json"
         return json.loads(path.read_text())["epoch"]
     except (SafetensorError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
-                              "resume from another checkpoint, or start afresh with another --out") from None
+        raise CheckpointError(
+            f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
+            "resume from another checkpoint, or start afresh with another --out"
+        ) from None
 
 
 class Backend:
     """What `common.training.run` drives (see its docstring)."""
+
     framework = "flax"
 
     def __init__(self, args):
@@ -145,8 +153,12 @@ class Backend:
         self.device, self.seed, self.normalize = self.dp.describe, args.seed, args.normalize
         self.versions = {"flax": flax.__version__, "jax": jax.__version__}
         self.threads = f"XLA_FLAGS={os.environ.get('XLA_FLAGS', 'unset (all cores)')}"
-        self.model = vgg(args.arch, init=args.init, rngs=nnx.Rngs(params=args.seed, dropout=args.seed),
-                         **spec_kwargs(args, args.resize))
+        self.model = vgg(
+            args.arch,
+            init=args.init,
+            rngs=nnx.Rngs(params=args.seed, dropout=args.seed),
+            **spec_kwargs(args, args.resize),
+        )
         if args.cpu_workarounds:  # on a CPU only (docs in vgg_flax/xla_cpu.py)
             xla_cpu.apply(self.model, platform=self.dev.platform)
         self.parameters = count_parameters(self.model)[0]
@@ -181,9 +193,13 @@ class Backend:
 
 def main(argv=None):
     with main_guard():
-        config = training.TrainConfig.from_args(parse_train_args(
-            argv, prog="python -m vgg_flax.train",
-            description="Train a VGG on Fashion-MNIST with Flax NNX (nnx.jit train step)."))
+        config = training.TrainConfig.from_args(
+            parse_train_args(
+                argv,
+                prog="python -m vgg_flax.train",
+                description="Train a VGG on Fashion-MNIST with Flax NNX (nnx.jit train step).",
+            )
+        )
         try:
             training.run(config, Backend)
         finally:

@@ -6,6 +6,7 @@ Flax differs from the canonical (PyTorch) layout in three ways, all handled here
   - fc1's input order: Flax flattens an NHWC feature map in (H, W, C) order, the canonical
     columns are in (C, H, W) order (NCHW flattening), so fc1's input axis is permuted.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -49,8 +50,7 @@ def _flax_one(name: str, x: np.ndarray, spec) -> tuple[tuple[str, ...], np.ndarr
 
 def _canonical_from_state(state: nnx.State, spec) -> dict[str, np.ndarray]:
     """Canonical tensors of any State shaped like the model's (its parameters, or their gradients)."""
-    out = dict(_canonical_one(path, np.asarray(v[...], np.float32), spec)
-               for path, v in nnx.to_flat_state(state))
+    out = dict(_canonical_one(path, np.asarray(v[...], np.float32), spec) for path, v in nnx.to_flat_state(state))
     return {k: out[k] for k in expected_canonical(spec) if k in out}  # network order
 
 

@@ -15,6 +15,7 @@ Each workaround names the measurement behind it: `python -m benchmarks.conv` (on
 the switches below changed); the figures, and what was tried and not kept, are in
 benchmarks/README.md ("Flax on a CPU"). The module-level switches exist for those measurements.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -32,6 +33,7 @@ KERNEL_GRAD_SLICE = 32  # kernel gradients summed over slices of this many image
 # Why: XLA:CPU differentiates nnx.max_pool's reduce_window through a select_and_scatter ~9x slower
 # than a reshape + max (2.5 against 23 ms for block 1's output at 32 px; throughput: 32 px 376 -> 740
 # examples/s together with the two below).
+
 
 @jax.custom_vjp
 def _window_max(x6):
@@ -63,13 +65,14 @@ def max_pool_2x2(x):
     """nnx.max_pool(x, (2, 2), strides=(2, 2)) as a reshape and a max: the same values and gradients."""
     n, h, w, c = x.shape
     h, w = h // 2, w // 2
-    return _window_max(x[:, :2 * h, :2 * w].reshape(n, h, 2, w, 2, c))
+    return _window_max(x[:, : 2 * h, : 2 * w].reshape(n, h, 2, w, 2, c))
 
 
 # ---------------------------------------------------------------- the dense layers' backward pass
 # Why: autodiff computes dx = g @ kernel.T, and XLA:CPU lowers that by first copying the whole kernel
 # transposed, with a loop that takes ~5x as long as the matmul itself (a 4096x4096 kernel: 150 ms
 # against 21 ms; ~55 % of a VGG-11/4 training step at 32 px).
+
 
 @jax.custom_vjp
 def dense_dot(x, kernel):
@@ -101,12 +104,13 @@ def _dot(lhs, rhs, dimension_numbers, precision=None, **kwargs):
 # Why: XLA:CPU runs a 3x3 'same' convolution whose output is at most 2x2 (block 5 at 32 px) ~9x slower
 # than the same layer at 4x4, four times the work (18 against 2.8 ms for 128 channels, batch 128).
 
+
 def _im2col(lhs, rhs, same):
     """The convolution as the matmul it is: the kh x kw neighbourhoods side by side, times the kernel."""
     n, h, w, c = lhs.shape
     kh, kw, _, out = rhs.shape
     x = jnp.pad(lhs, ((0, 0), *same, (0, 0)))
-    cols = jnp.concatenate([x[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)], axis=-1)
+    cols = jnp.concatenate([x[:, i : i + h, j : j + w] for i in range(kh) for j in range(kw)], axis=-1)
     return cols @ rhs.reshape(kh * kw * c, out)
 
 
@@ -115,6 +119,7 @@ def _im2col(lhs, rhs, same):
 # 32 images than over the whole batch of 128 at once, which overflows the caches (one thread, batch
 # 128, 48 px 16 -> 32 channels: 90 against 75 ms; 24 px 64 -> 64: 118 against 77 ms); the input's
 # gradient and the forward pass are not (they get slower), so they stay whole.
+
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_split_kernel_grad(lhs, rhs, padding, dn):
@@ -134,7 +139,7 @@ def _conv_grads(lhs, rhs, g, padding, dn):
     conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=dn)
     dx = jax.vjp(lambda x: conv(x, rhs), lhs)[1](g)[0]
     n, step = lhs.shape[0], KERNEL_GRAD_SLICE or lhs.shape[0]
-    dw = sum(jax.vjp(lambda k: conv(lhs[i:i + step], k), rhs)[1](g[i:i + step])[0] for i in range(0, n, step))
+    dw = sum(jax.vjp(lambda k, i=i: conv(lhs[i : i + step], k), rhs)[1](g[i : i + step])[0] for i in range(0, n, step))
     return dx, dw
 
 
@@ -146,13 +151,14 @@ _conv_split_kernel_grad.defvjp(_conv_split_kernel_grad_fwd, _conv_split_kernel_g
 # the nine scaled copies of the image that it sums (one thread, 96 px, batch 128: 100 against 37 ms);
 # its gradient for the kernel stays XLA's own convolution, which the sum would make slower.
 
+
 @jax.custom_vjp
 def _conv_one_channel(lhs, rhs):
     """lhs (n, h, w, 1) already padded for 'same', rhs (kh, kw, 1, out): the sum of kh x kw shifted,
     scaled copies of the image, one fused elementwise loop."""
     kh, kw, _, out = rhs.shape
     h, w = lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
-    return sum(lhs[:, i:i + h, j:j + w] * rhs[i, j] for i in range(kh) for j in range(kw))
+    return sum(lhs[:, i : i + h, j : j + w] * rhs[i, j] for i in range(kh) for j in range(kw))
 
 
 def _conv_one_channel_fwd(lhs, rhs):
@@ -161,7 +167,9 @@ def _conv_one_channel_fwd(lhs, rhs):
 
 def _conv_one_channel_bwd(residuals, g):
     lhs, rhs = residuals
-    return _conv_grads(lhs, rhs, g, "VALID", jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
+    return _conv_grads(
+        lhs, rhs, g, "VALID", jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    )
 
 
 _conv_one_channel.defvjp(_conv_one_channel_fwd, _conv_one_channel_bwd)
@@ -173,12 +181,16 @@ def _conv(lhs, rhs, window_strides, padding, **kwargs):
     _conv_split_kernel_grad."""
     n, h, w, c = lhs.shape
     kh, kw, _, out = rhs.shape
-    plain = (tuple(window_strides) == (1, 1) and kwargs.get("feature_group_count", 1) == 1
-             and kwargs.get("precision") is None and "preferred_element_type" not in kwargs
-             and all(tuple(kwargs.get(k) or (1, 1)) == (1, 1) for k in ("lhs_dilation", "rhs_dilation"))
-             and kwargs.get("dimension_numbers") is not None
-             and tuple(kwargs["dimension_numbers"].lhs_spec) == (0, 3, 1, 2)  # NHWC
-             and tuple(kwargs["dimension_numbers"].rhs_spec) == (3, 2, 0, 1))  # HWIO
+    plain = (
+        tuple(window_strides) == (1, 1)
+        and kwargs.get("feature_group_count", 1) == 1
+        and kwargs.get("precision") is None
+        and "preferred_element_type" not in kwargs
+        and all(tuple(kwargs.get(k) or (1, 1)) == (1, 1) for k in ("lhs_dilation", "rhs_dilation"))
+        and kwargs.get("dimension_numbers") is not None
+        and tuple(kwargs["dimension_numbers"].lhs_spec) == (0, 3, 1, 2)  # NHWC
+        and tuple(kwargs["dimension_numbers"].rhs_spec) == (3, 2, 0, 1)
+    )  # HWIO
     same = [((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)]  # 'SAME' at stride 1
     if plain and (padding == "SAME" or [tuple(p) for p in padding] == same):
         if h * w <= 4:
@@ -195,6 +207,7 @@ def _conv(lhs, rhs, window_strides, padding, **kwargs):
 # float32 inside, slower than float32 itself (one thread, fc2's 128 x 4096 x 4096 product: 53 against
 # 87 GFLOP/s). Widening the operands first (exact) and rounding the result to bfloat16 gives the
 # float32 kernels; the products and sums are float32 either way.
+
 
 def _in_float32(op, lhs, rhs, *args, **kwargs):
     if IN_FLOAT32 and lhs.dtype == rhs.dtype == jnp.bfloat16 and "preferred_element_type" not in kwargs:
@@ -213,6 +226,7 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
 
 
 # ---------------------------------------------------------------- the switch
+
 
 def apply(model: nnx.Module, *, platform: str) -> bool:
     """Install the workarounds on every nnx.Conv, nnx.Linear and 2x2 max-pool of `model` when
@@ -236,6 +250,12 @@ def installed(model: nnx.Module) -> bool:
 
 
 def _is_max_pool_2x2(f) -> bool:
-    return (getattr(f, "func", None) is nnx.max_pool and not f.args
-            and {k: tuple(v) if isinstance(v, list) else v for k, v in f.keywords.items()}
-            in ({"window_shape": (2, 2), "strides": (2, 2)}, {"window_shape": (2, 2), "strides": (2, 2), "padding": "VALID"}))
+    return (
+        getattr(f, "func", None) is nnx.max_pool
+        and not f.args
+        and {k: tuple(v) if isinstance(v, list) else v for k, v in f.keywords.items()}
+        in (
+            {"window_shape": (2, 2), "strides": (2, 2)},
+            {"window_shape": (2, 2), "strides": (2, 2), "padding": "VALID"},
+        )
+    )

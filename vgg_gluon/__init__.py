@@ -1,4 +1,5 @@
 """VGG in MXNet Gluon."""
+
 import warnings
 
 import numpy as np
@@ -27,7 +28,10 @@ for _name, _value in (
     ("NAN", float("nan")),
     ("NaN", float("nan")),
     ("Inf", float("inf")),  # removed in NumPy 2.0: a default argument in mxnet/gluon/contrib/estimator, at import
-    ("alltrue", np.all),  # this and the three below: removed in NumPy 2.0/2.4, copied by mxnet/numpy/fallback.py at import
+    (
+        "alltrue",
+        np.all,
+    ),  # this and the three below: removed in NumPy 2.0/2.4, copied by mxnet/numpy/fallback.py at import
     ("in1d", lambda ar1, ar2, *args, **kwargs: np.isin(ar1, ar2, *args, **kwargs).ravel()),
     ("msort", lambda a: np.sort(a, axis=0)),
     ("trapz", getattr(np, "trapezoid", None)),

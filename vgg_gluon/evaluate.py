@@ -5,15 +5,17 @@
 
 The model is rebuilt from the spec in the file's metadata (common.evaluate does the flags and the report).
 """
+
 from __future__ import annotations
+
+from vgg_gluon.model import vgg
+from vgg_gluon.weights import from_canonical
 
 import mxnet as mx
 
 from common.cli import main_guard
 from common.evaluate import evaluate_main
 from common.training import DeviceError
-from vgg_gluon.model import vgg
-from vgg_gluon.weights import from_canonical
 
 
 def pick_device(requested: str) -> mx.Context:
@@ -37,8 +39,14 @@ def predict(net, x, device):
 
 def main(argv=None):
     with main_guard():
-        evaluate_main("vgg_gluon.evaluate", argv, framework=f"MXNet Gluon {mx.__version__}",
-                      pick_device=pick_device, load_model=load_model, predict=predict)
+        evaluate_main(
+            "vgg_gluon.evaluate",
+            argv,
+            framework=f"MXNet Gluon {mx.__version__}",
+            pick_device=pick_device,
+            load_model=load_model,
+            predict=predict,
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ The gluonbook idiom: `HybridSequential`, `nn.Conv2D(..., activation='relu')`,
 allocated by `net.initialize(ctx=...)`. Children are registered by name so that
 `save_parameters` writes the project's scheme (`block1.conv1.weight`, `fc1.bias`).
 """
+
 from __future__ import annotations
 
 import mxnet as mx
@@ -40,15 +41,24 @@ def vgg_block(num_convs, out_channels, in_channels, *, kernel_sizes=None, batch_
     with blk.name_scope():
         for j, k in enumerate(kernel_sizes, 1):
             # with batch norm the ReLU must come after it, so it cannot live inside the conv
-            conv = nn.Conv2D(out_channels, kernel_size=k, padding=k // 2, in_channels=in_channels,
-                             activation=None if batch_norm else "relu", weight_initializer=conv_init)
+            conv = nn.Conv2D(
+                out_channels,
+                kernel_size=k,
+                padding=k // 2,
+                in_channels=in_channels,
+                activation=None if batch_norm else "relu",
+                weight_initializer=conv_init,
+            )
             _named(blk, **{f"conv{j}": conv})
             if batch_norm:
-                _named(blk, **{f"bn{j}": nn.BatchNorm(in_channels=out_channels),
-                               f"relu{j}": nn.Activation("relu")})
+                _named(blk, **{f"bn{j}": nn.BatchNorm(in_channels=out_channels), f"relu{j}": nn.Activation("relu")})
             if lrn and j == 1:
-                _named(blk, lrn=nn.HybridLambda(lambda F, x: F.LRN(x, alpha=LRN["alpha"], beta=LRN["beta"],
-                                                                   knorm=LRN["k"], nsize=LRN["size"])))
+                _named(
+                    blk,
+                    lrn=nn.HybridLambda(
+                        lambda F, x: F.LRN(x, alpha=LRN["alpha"], beta=LRN["beta"], knorm=LRN["k"], nsize=LRN["size"])
+                    ),
+                )
             in_channels = out_channels
         _named(blk, pool=nn.MaxPool2D(pool_size=2, strides=2))
     return blk
@@ -63,17 +73,26 @@ def vgg(arch="vgg11", *, init="xavier", **spec_kwargs) -> nn.HybridSequential:
     with net.name_scope():
         cin = spec.in_channels
         for i, b in enumerate(spec.blocks, 1):
-            blk = vgg_block(b.num_convs, b.out_channels, cin, kernel_sizes=b.kernel_sizes,
-                            batch_norm=spec.batch_norm, lrn=spec.lrn and i == 1, init=init)
+            blk = vgg_block(
+                b.num_convs,
+                b.out_channels,
+                cin,
+                kernel_sizes=b.kernel_sizes,
+                batch_norm=spec.batch_norm,
+                lrn=spec.lrn and i == 1,
+                init=init,
+            )
             _named(net, **{f"block{i}": blk})
             cin = b.out_channels
         h = spec.hidden_units
-        _named(net,  # Dense flattens NCHW in (C, H, W) order, as torch's nn.Flatten does
-               fc1=nn.Dense(h, activation="relu", in_units=spec.flat_features, weight_initializer=dense_init),
-               dropout1=nn.Dropout(spec.dropout),
-               fc2=nn.Dense(h, activation="relu", in_units=h, weight_initializer=dense_init),
-               dropout2=nn.Dropout(spec.dropout),
-               fc3=nn.Dense(spec.num_classes, in_units=h, weight_initializer=dense_init))
+        _named(
+            net,  # Dense flattens NCHW in (C, H, W) order, as torch's nn.Flatten does
+            fc1=nn.Dense(h, activation="relu", in_units=spec.flat_features, weight_initializer=dense_init),
+            dropout1=nn.Dropout(spec.dropout),
+            fc2=nn.Dense(h, activation="relu", in_units=h, weight_initializer=dense_init),
+            dropout2=nn.Dropout(spec.dropout),
+            fc3=nn.Dense(spec.num_classes, in_units=h, weight_initializer=dense_init),
+        )
     net.spec = spec
     return net
 

@@ -16,12 +16,14 @@ servers only add gradients, and each worker keeps the optimiser state its checkp
 
 Batch norm normalises with each context's own batch statistics (no synchronised batch norm).
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
 import vgg_gluon  # noqa: F401  (restores np.bool before mxnet is imported)
+
 import mxnet as mx
 from mxnet import gluon
 
@@ -35,12 +37,12 @@ _total_ready = False
 
 @dataclass(frozen=True)
 class Context:
-    devices: list        # this process's contexts: every batch is split over them
-    world: int           # devices in the whole job: each global batch is cut into this many parts
-    shard: tuple         # (this worker's part, workers): common.data.Loader's shard
-    primary: bool        # the one process that prints, writes reports and checkpoints
-    describe: str        # for the reports, e.g. 'cpu(0) x2 (kvstore device)'
-    kvstore: object      # for gluon.Trainer: None (one device), 'device', or a dist_sync KVStore
+    devices: list  # this process's contexts: every batch is split over them
+    world: int  # devices in the whole job: each global batch is cut into this many parts
+    shard: tuple  # (this worker's part, workers): common.data.Loader's shard
+    primary: bool  # the one process that prints, writes reports and checkpoints
+    describe: str  # for the reports, e.g. 'cpu(0) x2 (kvstore device)'
+    kvstore: object  # for gluon.Trainer: None (one device), 'device', or a dist_sync KVStore
 
 
 def launched() -> bool:
@@ -60,11 +62,13 @@ def setup(args) -> Context:
         rank, workers = kv.rank, kv.num_workers
     world = n * workers
     if args.batch_size % world:
-        raise RunError(f"--batch-size {args.batch_size} (the global batch) does not split evenly over {world} "
-                       f"devices; use a multiple of {world}")
+        raise RunError(
+            f"--batch-size {args.batch_size} (the global batch) does not split evenly over {world} "
+            f"devices; use a multiple of {world}"
+        )
     name = str(devices[0])
     if world > 1:
-        name += f" x{world} (kvstore {'dist_sync, worker %d of %d' % (rank, workers) if launched() else 'device'})"
+        name += f" x{world} (kvstore {f'dist_sync, worker {rank} of {workers}' if launched() else 'device'})"
     return Context(devices, world, (rank, workers), rank == 0, name, kv)
 
 

@@ -4,6 +4,7 @@ The loop, the reports and the checkpoints' bookkeeping live in `common.training`
 holds what is Gluon's own: a hybridized network (static graph, static memory), `autograd.record()`,
 a `gluon.Trainer`, and checkpoints as `save_parameters` + `trainer.save_states`.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,18 +12,17 @@ import math
 import os
 import pickle
 
-import numpy as np
-
 import vgg_gluon  # noqa: F401  (restores np.bool before mxnet is imported)
+from vgg_gluon import parallel, weights
+from vgg_gluon.model import count_parameters, vgg
+
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon
 
 from common import training
 from common.cli import main_guard, parse_train_args, spec_kwargs
 from common.errors import CheckpointError, reason
-from vgg_gluon import parallel
-from vgg_gluon import weights
-from vgg_gluon.model import count_parameters, vgg
 
 loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()  # per example; mean over the batch via trainer.step
 
@@ -45,13 +45,14 @@ class Adam(mx.optimizer.Adam):
     w -= lr*sqrt(c2)/c1 * m / (sqrt(v) + eps), with c1 = 1 - beta1^t, c2 = 1 - beta2^t, so its eps
     acts like eps/sqrt(c2) (3e-7 at the first step instead of 1e-8). Passing eps*sqrt(c2) to that
     same fused kernel gives torch's w -= lr * m_hat / (sqrt(v_hat) + eps) exactly."""
+
     def __init__(self, epsilon=1e-8, **kwargs):
         super().__init__(epsilon=epsilon, **kwargs)
         self.torch_epsilon = epsilon
 
     def update(self, index, weight, grad, state):
         t = self._index_update_count.get(index, self.begin_num_update) + 1  # the step super() is about to take
-        self.epsilon = self.torch_epsilon * math.sqrt(1 - self.beta2 ** t)
+        self.epsilon = self.torch_epsilon * math.sqrt(1 - self.beta2**t)
         super().update(index, weight, grad, state)
 
 
@@ -98,8 +99,12 @@ def save_checkpoint(folder, net, trainer, epoch: int) -> None:
 
 
 # The classes that trainer.save_states pickles: the optimiser and its state's NDArrays.
-_STATE_CLASSES = {("builtins", "bytearray"), ("mxnet.ndarray.ndarray", "NDArray"),
-                  ("mxnet.optimizer.optimizer", "SGD"), ("vgg_gluon.train", "Adam")}
+_STATE_CLASSES = {
+    ("builtins", "bytearray"),
+    ("mxnet.ndarray.ndarray", "NDArray"),
+    ("mxnet.optimizer.optimizer", "SGD"),
+    ("vgg_gluon.train", "Adam"),
+}
 
 
 class _Refused(pickle.UnpicklingError):
@@ -128,27 +133,48 @@ def load_checkpoint(folder, net, trainer) -> int:
             try:
                 states = _StatesOnly(f).load()
             except _Refused as e:
-                raise CheckpointError(f"{path} is not a checkpoint this project wrote: it refers to {e}, which is "
-                                      "refused unread (unpickling it could run code). Resume only from checkpoints "
-                                      "you wrote, or start afresh with another --out") from None
+                raise CheckpointError(
+                    f"{path} is not a checkpoint this project wrote: it refers to {e}, which is "
+                    "refused unread (unpickling it could run code). Resume only from checkpoints "
+                    "you wrote, or start afresh with another --out"
+                ) from None
         # what save_states writes: ({parameter index: state}, the optimiser), for this trainer's optimiser
         indices = set(range(len(list(net.collect_params().keys()))))  # ParameterDict has no len()
-        if not (isinstance(states, tuple) and len(states) == 2 and isinstance(states[0], dict)
-                and type(states[1]) is type(trainer.optimizer) and set(states[0]) <= indices):
-            raise CheckpointError(f"{path} is not a checkpoint this project wrote for this run: it holds no "
-                                  f"{type(trainer.optimizer).__name__} state for this model. Resume from another "
-                                  "checkpoint, or start afresh with another --out")
+        if not (
+            isinstance(states, tuple)
+            and len(states) == 2
+            and isinstance(states[0], dict)
+            and type(states[1]) is type(trainer.optimizer)
+            and set(states[0]) <= indices
+        ):
+            raise CheckpointError(
+                f"{path} is not a checkpoint this project wrote for this run: it holds no "
+                f"{type(trainer.optimizer).__name__} state for this model. Resume from another "
+                "checkpoint, or start afresh with another --out"
+            )
         trainer.load_states(str(path))
         path = folder / "state.json"
         return json.loads(path.read_text())["epoch"]
-    except (mx.base.MXNetError, pickle.UnpicklingError, AssertionError, EOFError, KeyError, IndexError, TypeError,
-            ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
-                              "resume from another checkpoint, or start afresh with another --out") from None
+    except (
+        mx.base.MXNetError,
+        pickle.UnpicklingError,
+        AssertionError,
+        EOFError,
+        KeyError,
+        IndexError,
+        TypeError,
+        ValueError,
+        AttributeError,
+    ) as e:
+        raise CheckpointError(
+            f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
+            "resume from another checkpoint, or start afresh with another --out"
+        ) from None
 
 
 class Backend:
     """What `common.training.run` drives (see its docstring)."""
+
     framework = "gluon"
 
     def __init__(self, args):
@@ -158,8 +184,11 @@ class Backend:
         self.normalize = args.normalize
         self.versions = {"mxnet": mx.__version__}
         # MXNet has no call that says how many OpenMP threads an operator uses; the environment decides
-        self.threads = (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ
-                        else f"MXNET_OMP_MAX_THREADS={os.environ.get('MXNET_OMP_MAX_THREADS')}")
+        self.threads = (
+            f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+            if "OMP_NUM_THREADS" in os.environ
+            else f"MXNET_OMP_MAX_THREADS={os.environ.get('MXNET_OMP_MAX_THREADS')}"
+        )
         mx.random.seed(args.seed)
         self.net = vgg(args.arch, init=args.init, **spec_kwargs(args, args.resize))
         self.parameters = count_parameters(self.net)[0]
@@ -197,9 +226,13 @@ class Backend:
 
 def main(argv=None):
     with main_guard():
-        config = training.TrainConfig.from_args(parse_train_args(
-            argv, prog="python -m vgg_gluon.train",
-            description="Train a VGG on Fashion-MNIST with MXNet Gluon (hybridized)."))
+        config = training.TrainConfig.from_args(
+            parse_train_args(
+                argv,
+                prog="python -m vgg_gluon.train",
+                description="Train a VGG on Fashion-MNIST with MXNet Gluon (hybridized).",
+            )
+        )
         try:
             training.run(config, Backend)
         finally:
@@ -210,4 +243,5 @@ if __name__ == "__main__":
     # Run the importable copy of this file, not __main__: trainer.save_states pickles the
     # optimiser, whose class must be found again as vgg_gluon.train.Adam.
     from vgg_gluon.train import main as importable_main
+
     importable_main()

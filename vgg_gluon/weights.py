@@ -4,11 +4,11 @@ Gluon's layouts are PyTorch's (Conv2D weight (O, I, kH, kW), Dense weight (out, 
 Dense flattening NCHW in (C, H, W) order), so the conversion is a rename: batch
 norm's `gamma`/`beta` are the canonical `weight`/`bias`.
 """
+
 from __future__ import annotations
 
-import numpy as np
-
 import mxnet as mx
+import numpy as np
 from mxnet.gluon import nn
 
 from common.weights import check_compatible, expected_canonical, load_weights, save_weights, spec_metadata

@@ -3,6 +3,7 @@
 Parameter names follow the project's scheme (`block1.conv1.weight`,
 `block1.bn1.running_mean`, `fc1.weight`, ...), the same in all three frameworks.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -59,14 +60,24 @@ def vgg(arch="vgg11", *, init="xavier", **spec_kwargs) -> nn.Sequential:
     spec = make_spec(arch, **spec_kwargs)
     layers, cin = OrderedDict(), spec.in_channels
     for i, b in enumerate(spec.blocks, 1):
-        layers[f"block{i}"] = vgg_block(b.num_convs, b.out_channels, cin, kernel_sizes=b.kernel_sizes,
-                                        batch_norm=spec.batch_norm, lrn=spec.lrn and i == 1)
+        layers[f"block{i}"] = vgg_block(
+            b.num_convs,
+            b.out_channels,
+            cin,
+            kernel_sizes=b.kernel_sizes,
+            batch_norm=spec.batch_norm,
+            lrn=spec.lrn and i == 1,
+        )
         cin = b.out_channels
     hidden = spec.hidden_units
     layers.update(
         flatten=nn.Flatten(),  # NCHW -> (C, H, W) order
-        fc1=nn.Linear(spec.flat_features, hidden), relu1=nn.ReLU(inplace=True), dropout1=nn.Dropout(spec.dropout),
-        fc2=nn.Linear(hidden, hidden), relu2=nn.ReLU(inplace=True), dropout2=nn.Dropout(spec.dropout),
+        fc1=nn.Linear(spec.flat_features, hidden),
+        relu1=nn.ReLU(inplace=True),
+        dropout1=nn.Dropout(spec.dropout),
+        fc2=nn.Linear(hidden, hidden),
+        relu2=nn.ReLU(inplace=True),
+        dropout2=nn.Dropout(spec.dropout),
         fc3=nn.Linear(hidden, spec.num_classes),
     )
     net = nn.Sequential(layers)

@@ -10,6 +10,7 @@ loader's `shard`); DDP's mean over processes of the per-process mean gradients i
 the mean over the global batch, so the update is the single-device one. Batch norm normalises
 with each process's own batch statistics (no SyncBatchNorm).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,11 +26,11 @@ from common.training import DeviceError, RunError
 
 @dataclass(frozen=True)
 class Context:
-    devices: list        # what this process computes on (one device per process in PyTorch)
-    world: int           # devices in the whole job: each global batch is cut into this many parts
-    shard: tuple         # (this process's part, parts): common.data.Loader's shard
-    primary: bool        # the one process that prints, writes reports and checkpoints
-    describe: str        # for the reports, e.g. 'cpu x2 (DistributedDataParallel, gloo)'
+    devices: list  # what this process computes on (one device per process in PyTorch)
+    world: int  # devices in the whole job: each global batch is cut into this many parts
+    shard: tuple  # (this process's part, parts): common.data.Loader's shard
+    primary: bool  # the one process that prints, writes reports and checkpoints
+    describe: str  # for the reports, e.g. 'cpu x2 (DistributedDataParallel, gloo)'
 
 
 def launched() -> bool:
@@ -43,6 +44,7 @@ def launch(args, module: str, argv) -> bool:
         return False
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
+
     try:
         torchrun(["--standalone", f"--nproc_per_node={args.devices}", "-m", module, *argv])
     except ChildFailedError as e:  # each process has printed its own error; pass its exit code on
@@ -61,22 +63,27 @@ def setup(args) -> Context:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank, local_world = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
     if args.devices and args.devices != local_world:
-        raise DeviceError(f"--devices {args.devices}, but torchrun started {local_world} processes on this machine "
-                          "(--nproc_per_node): give one or the other")
+        raise DeviceError(
+            f"--devices {args.devices}, but torchrun started {local_world} processes on this machine "
+            "(--nproc_per_node): give one or the other"
+        )
     if args.batch_size % world:
-        raise RunError(f"--batch-size {args.batch_size} (the global batch) does not split evenly over {world} "
-                       f"processes; use a multiple of {world}")
+        raise RunError(
+            f"--batch-size {args.batch_size} (the global batch) does not split evenly over {world} "
+            f"processes; use a multiple of {world}"
+        )
     if gpu and local_rank >= torch.cuda.device_count():
-        raise DeviceError(f"torchrun started {local_world} processes on this machine but it has "
-                          f"{torch.cuda.device_count()} GPUs; lower --nproc_per_node")
+        raise DeviceError(
+            f"torchrun started {local_world} processes on this machine but it has "
+            f"{torch.cuda.device_count()} GPUs; lower --nproc_per_node"
+        )
     dev = torch.device(f"cuda:{local_rank}" if gpu else "cpu")
     if gpu:
         torch.cuda.set_device(dev)
     backend = "nccl" if gpu else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend)  # env://: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
-    return Context([dev], world, (rank, world), rank == 0,
-                   f"{dev.type} x{world} (DistributedDataParallel, {backend})")
+    return Context([dev], world, (rank, world), rank == 0, f"{dev.type} x{world} (DistributedDataParallel, {backend})")
 
 
 def prepare(dp: Context, net):

@@ -5,6 +5,7 @@ holds what is PyTorch's own: eager training (optionally `torch.compile`d), the o
 checkpoints as safetensors (the model's state_dict, the project's canonical layout) plus a
 `torch.save` file of optimiser and RNG state read back with `weights_only=True`.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,7 @@ from safetensors.torch import load_file, save_file
 from common import training
 from common.cli import main_guard, parse_train_args, spec_kwargs
 from common.errors import CheckpointError, reason
-from vgg_torch import parallel
-from vgg_torch import weights
+from vgg_torch import parallel, weights
 from vgg_torch.model import count_parameters, vgg
 
 
@@ -67,7 +67,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def save_checkpoint(folder, net, optimizer, epoch: int) -> None:
     """model.safetensors (state_dict as is) + state.pt (optimiser, epoch, RNG states)."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors")
+    )
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -91,17 +93,25 @@ def load_checkpoint(folder, net, optimizer) -> int:
         return state["epoch"]
     except pickle.UnpicklingError as e:  # not repeated: torch's text suggests turning the safe loader off
         found = re.search(r"GLOBAL (\S+)", str(e))
-        why = (f"it refers to {found[1]}, which the safe loader refuses unread (unpickling it could run code)"
-               if found else "the safe loader cannot read it as a file of tensors")
-        raise CheckpointError(f"{path} is not a checkpoint this project wrote: {why}. Resume only from "
-                              "checkpoints you wrote, or start afresh with another --out") from None
+        why = (
+            f"it refers to {found[1]}, which the safe loader refuses unread (unpickling it could run code)"
+            if found
+            else "the safe loader cannot read it as a file of tensors"
+        )
+        raise CheckpointError(
+            f"{path} is not a checkpoint this project wrote: {why}. Resume only from "
+            "checkpoints you wrote, or start afresh with another --out"
+        ) from None
     except (SafetensorError, RuntimeError, KeyError, IndexError, TypeError, ValueError, EOFError) as e:
-        raise CheckpointError(f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
-                              "resume from another checkpoint, or start afresh with another --out") from None
+        raise CheckpointError(
+            f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
+            "resume from another checkpoint, or start afresh with another --out"
+        ) from None
 
 
 class Backend:
     """What `common.training.run` drives (see its docstring)."""
+
     framework = "torch"
 
     def __init__(self, args):
@@ -114,7 +124,8 @@ class Backend:
         # Channels-last memory, oneDNN's and cuDNN's fast convolution layout (32 px training 840 -> 936
         # ex/s; benchmarks/README.md); the state_dict's names and values stay, only strides change.
         self.net = vgg(args.arch, init=args.init, **spec_kwargs(args, args.resize)).to(
-            self.dev, memory_format=torch.channels_last)
+            self.dev, memory_format=torch.channels_last
+        )
         self.parameters = count_parameters(self.net)[0]
         self.optimizer = make_optimizer(self.net, args)
         # torch.compile traces the model on the first step (tens of seconds) and again for
@@ -148,9 +159,13 @@ class Backend:
 
 def main(argv=None):
     with main_guard():
-        config = training.TrainConfig.from_args(parse_train_args(
-            argv, prog="python -m vgg_torch.train",
-            description="Train a VGG on Fashion-MNIST with PyTorch (eager; --compile for torch.compile)."))
+        config = training.TrainConfig.from_args(
+            parse_train_args(
+                argv,
+                prog="python -m vgg_torch.train",
+                description="Train a VGG on Fashion-MNIST with PyTorch (eager; --compile for torch.compile).",
+            )
+        )
         if parallel.launch(config, "vgg_torch.train", sys.argv[1:] if argv is None else argv):
             return  # --devices N: torchrun has run the N processes
         try:

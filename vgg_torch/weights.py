@@ -6,6 +6,7 @@ identity, less the `num_batches_tracked` counters (not weights; torch only).
     net = vgg("vgg16", in_channels=3, num_classes=1000)      # 224 px: torchvision's shape
     from_canonical(net, from_torchvision(torchvision.models.vgg16(weights="IMAGENET1K_V1").state_dict(), "vgg16"))
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,11 @@ from common.weights import WeightsError, check_compatible, expected_canonical, l
 
 
 def to_canonical(net: nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().to(torch.float32).numpy().copy() for k, v in net.state_dict().items()
-            if not k.endswith("num_batches_tracked")}
+    return {
+        k: v.detach().cpu().to(torch.float32).numpy().copy()
+        for k, v in net.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
 
 
 def from_canonical(net: nn.Module, tensors: dict[str, np.ndarray]) -> nn.Module:
@@ -64,8 +68,11 @@ def from_torchvision(state_dict, arch="vgg11") -> dict[str, np.ndarray]:
         if param == "num_batches_tracked":
             continue
         if layer not in names:
-            raise WeightsError(f"torchvision key {key} has no place in {spec.name} (its layers are "
-                               f"{', '.join(names)}); is the state_dict from another configuration?")
-        out[f"{names[layer]}.{param}"] = np.asarray(value.detach().cpu().float() if torch.is_tensor(value) else value,
-                                                    dtype=np.float32)
+            raise WeightsError(
+                f"torchvision key {key} has no place in {spec.name} (its layers are "
+                f"{', '.join(names)}); is the state_dict from another configuration?"
+            )
+        out[f"{names[layer]}.{param}"] = np.asarray(
+            value.detach().cpu().float() if torch.is_tensor(value) else value, dtype=np.float32
+        )
     return out
