@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from common import measure
 from common.arch import ArchError, flops_per_example, make_spec, parse_arch
 from common.cli import add_cpu_workarounds_arg, fail
 from common.data import SAMPLE_DIR, DataError, load_fashion_mnist
@@ -34,7 +32,6 @@ from common.training import write_json
 
 from .workers import PACKAGES
 
-ROOT = Path(__file__).resolve().parents[1]
 OURS = ("vgg_torch", "vgg_gluon", "vgg_flax")
 PEERS = ("torchvision", "gluon_zoo")
 ALIASES = {"torch": "vgg_torch", "gluon": "vgg_gluon", "flax": "vgg_flax", "zoo": "gluon_zoo"}
@@ -190,39 +187,9 @@ def parse_args(argv=None):
 
 def run_worker(cfg: dict, env: dict, timeout: float, python: str = sys.executable) -> dict:
     """Measure one (framework, size) in a fresh interpreter (`python`); a crash becomes a 'failed' row."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg_path, result_path = Path(tmp, "config.json"), Path(tmp, "result.json")
-        cfg_path.write_text(json.dumps(cfg))
-        load = os.getloadavg()[0]
-        try:
-            proc = subprocess.run(
-                [
-                    python,
-                    "-m",
-                    "benchmarks.workers",
-                    str(cfg_path),
-                    str(result_path),
-                    *([PACKAGES[cfg["framework"]]] if cfg["framework"] in PACKAGES else []),
-                ],
-                cwd=ROOT,
-                env={**os.environ, **env},
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-            tail, code = (proc.stderr or proc.stdout).strip().splitlines()[-3:], proc.returncode
-        except subprocess.TimeoutExpired:
-            tail, code = [f"timed out after {timeout:.0f} s (--timeout)"], "timeout"
-        if code == 0 and result_path.is_file():
-            result = json.loads(result_path.read_text())
-        else:
-            result = {
-                "framework": cfg["framework"],
-                "size": cfg.get("size"),
-                "status": "failed",
-                "message": f"exit {code}: " + " | ".join(tail),
-            }
-    result.update(load_before=load, load_after=os.getloadavg()[0], env=env)
+    package = [PACKAGES[cfg["framework"]]] if cfg["framework"] in PACKAGES else []
+    result = measure.run_worker([python, "-m", "benchmarks.workers"], cfg, timeout, env, args=package)
+    result.update(env=env)
     return result
 
 
@@ -475,14 +442,7 @@ def main(argv=None):
             "extra": extras,
         },
         "dataset": {"source": source, "location": data_dir},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu": _cpu_name(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "load_average_start": list(load_start),
-            "load_average_end": list(os.getloadavg()),
-        },
+        "machine": measure.machine(load_start),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": time.time() - started,
         "matmul": max(matmuls, key=lambda m: m["precision_gflops"]),
@@ -495,13 +455,6 @@ def main(argv=None):
     print(f"wrote {out}")
     if any(r["status"] == "failed" for r in rows):
         fail("some measurements failed (see above)", code=1)
-
-
-def _cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 if __name__ == "__main__":

@@ -20,18 +20,15 @@ import argparse
 import io
 import json
 import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from common import measure
 from common.arch import ArchError, VGGSpec, make_spec, parse_arch
 from common.cli import fail
 from common.training import write_atomic, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("vgg_torch", "vgg_gluon", "vgg_flax")
 ALIASES = {"torch": "vgg_torch", "gluon": "vgg_gluon", "flax": "vgg_flax"}
 BYTES = {"float32": 4, "bfloat16": 2}
@@ -230,33 +227,8 @@ def parse_args(argv=None):
 
 def run_worker(cfg: dict, timeout: float, env: dict | None = None) -> dict:
     """Profile one (framework, size) in a fresh interpreter; a crash becomes a 'failed' row."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg_path, result_path = Path(tmp, "config.json"), Path(tmp, "result.json")
-        cfg_path.write_text(json.dumps(cfg))
-        load = os.getloadavg()[0]
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks.profile_worker", str(cfg_path), str(result_path), cfg["framework"]],
-                cwd=ROOT,
-                env={**os.environ, **(env or {})},
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-            tail, code = (proc.stderr or proc.stdout).strip().splitlines()[-3:], proc.returncode
-        except subprocess.TimeoutExpired:
-            tail, code = [f"timed out after {timeout:.0f} s (--timeout)"], "timeout"
-        if code == 0 and result_path.is_file():
-            result = json.loads(result_path.read_text())
-        else:
-            result = {
-                "framework": cfg["framework"],
-                "size": cfg["size"],
-                "status": "failed",
-                "message": f"exit {code}: " + " | ".join(tail),
-            }
-    result.update(load_before=load, load_after=os.getloadavg()[0])
-    return result
+    command = [sys.executable, "-m", "benchmarks.profile_worker"]
+    return measure.run_worker(command, cfg, timeout, env, args=[cfg["framework"]])
 
 
 def profile(args, argv) -> dict:
@@ -310,25 +282,11 @@ def profile(args, argv) -> dict:
             "frameworks": args.frameworks,
             "env": ONE_THREAD if args.clock == "cpu" else {},
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu": _cpu_name(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "load_average_start": list(load_start),
-            "load_average_end": list(os.getloadavg()),
-        },
+        "machine": measure.machine(load_start),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": time.time() - started,
         "sizes": sizes,
     }
-
-
-def _cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 # ---------------------------------------------------------------------------- what a reader sees
