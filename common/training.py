@@ -9,6 +9,9 @@ owns the model, the optimiser and the device, and offers:
                               it trains on part shard[0] of shard[1] of each global batch, and
                               fetch and evaluate return totals over all parts
     start_epoch(epoch)        training mode; reseed dropout from (seed, epoch)
+    set_lr(lr)                the learning rate of the next step (common.recipe.learning_rate)
+    canonical() / load_canonical(tensors)   the model's weights as canonical NumPy tensors, and back
+                              (vgg_X.weights.to_canonical / from_canonical): --init-from
     train_step(x, y)          one update on a NumPy NCHW batch; returns device scalars
                               (summed loss, #correct), left unread so the device can run ahead
     fetch(out)                -> (float loss_sum, int correct): waits for that step
@@ -20,8 +23,9 @@ owns the model, the optimiser and the device, and offers:
 line, metrics.json, the PNG, checkpoints, NaN detection and --resume.
 
 Reports, in --out (default runs/<framework>/):
-    metrics.json    config, data set, device, versions, one entry per epoch, and d2l-style
-                    points within each epoch ("curve"); rewritten after every epoch
+    metrics.json    config, data set, device, versions, one entry per epoch, d2l-style points
+                    within each epoch ("curve"), and every step's training loss ("step_loss", the
+                    batch mean to 7 significant digits, float32's precision); rewritten after every epoch
     metrics.png     train loss, train and test accuracy against epochs, as d2l draws them
     checkpoint-epochN/ + checkpoint.json   the last finished epoch (model, optimiser, RNG)
     model.safetensors   the last epoch's weights in the neutral format (common.weights), for
@@ -47,10 +51,14 @@ from tqdm import tqdm
 from .arch import make_spec
 from .cli import fail, spec_kwargs
 from .data import DataError, Loader, load_fashion_mnist
+from .recipe import describe_layers, learning_rate, start_from
+from .weights import WeightsError
 
 # Flags that define the run's arithmetic: --resume refuses to continue with different ones.
 RESUME_KEYS = ("arch", "width_ratio", "scale_classifier", "dropout", "resize", "batch_size", "lr",
-               "optimizer", "momentum", "normalize", "init", "seed", "max_steps")
+               "optimizer", "momentum", "normalize", "init", "seed", "max_steps", "init_from", "init_partial",
+               "weight_decay", "decay_all", "lr_schedule", "warmup_epochs", "lr_step_epochs", "lr_factor",
+               "plateau_patience", "augment", "precision")
 CURVE_POINTS = 5  # points per epoch in the plot's training curves, as d2l's animator
 
 
@@ -217,15 +225,20 @@ def _resume(files: Run, args, framework: str):
     if changed:
         fail(f"--resume: flags differ from the run in {files.out} ({'; '.join(changed)}); "
              "give the same flags, or start a new run in another --out")
+    if args.lr_schedule == "cosine" and old["config"].get("epochs") != args.epochs:
+        fail(f"--resume: --lr-schedule cosine spans the whole run, which had --epochs {old['config'].get('epochs')}; "
+             "resume with that, or start a new run in another --out")
     epoch = last[0]
     old["epochs"] = old["epochs"][:epoch]
+    old["step_loss"] = old.get("step_loss", [])[:epoch * old.get("steps_per_epoch", 0)]
     old["curve"] = [p for p in old["curve"] if p["epoch"] <= epoch]
     return epoch, old
 
 
-def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metrics: dict):
+def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metrics: dict, lr_at=None):
     """One epoch; returns (loss, train acc, examples, examples/s, seconds) or raises FloatingPointError.
-    examples/s leaves out the first step, which in Flax, Gluon and torch.compile includes compiling."""
+    examples/s leaves out the first step, which in Flax, Gluon and torch.compile includes compiling.
+    lr_at(k): the learning rate of the epoch's step k (0-based), set before each step."""
     backend.start_epoch(epoch)
     every = max(1, steps // CURVE_POINTS)
     loss_sum = correct = seen = 0
@@ -238,6 +251,7 @@ def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metri
         if not math.isfinite(l):
             raise FloatingPointError(f"the loss became {l} at epoch {epoch + 1}, step {step}")
         loss_sum, correct, seen = loss_sum + l, correct + c, seen + n
+        metrics["step_loss"].append(float(f"{l / n:.7g}"))
         if step == 1:  # the clock starts once the first step is done: it carries the compilation
             timed_from = (time.perf_counter(), seen)
         bar.update(1)
@@ -250,6 +264,8 @@ def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metri
     batches = loader.epoch(epoch)
     try:
         for step, (x, y) in enumerate(batches, 1):
+            if lr_at:
+                backend.set_lr(lr_at(step - 1))
             out = backend.train_step(x, y)
             if pending:  # read the previous step's numbers only now, so that the device stays busy
                 account(*pending)
@@ -264,6 +280,20 @@ def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metri
     end = time.perf_counter()
     t0, n0 = timed_from if seen > timed_from[1] else (start, 0)  # a one-step epoch has nothing else to time
     return loss_sum / seen, correct / seen, seen, (seen - n0) / (end - t0), end - start
+
+
+def _init_from(args, backend, say) -> None:
+    """--init-from FILE [--init-partial]: the model starts from the file's weights (common.recipe.start_from)."""
+    try:
+        tensors, copied, drawn = start_from(args.init_from, backend.canonical(), args.init_partial)
+        backend.load_canonical(tensors)  # vgg_X.weights.from_canonical: every name and shape checked
+    except WeightsError as e:
+        fail(str(e))
+    if args.init_partial:
+        say(f"--init-partial: copied {len(copied)} tensors from {args.init_from} ({describe_layers(copied)}); "
+            f"drew {len(drawn)} (--init {args.init}: {describe_layers(drawn)})")
+    else:
+        say(f"starting from the weights in {args.init_from}")
 
 
 def run(args, make_backend) -> dict:
@@ -286,6 +316,8 @@ def run(args, make_backend) -> dict:
         say = print
     if not args.resume and files.last_checkpoint():
         say(f"note: starting afresh in {files.out}; its checkpoint will be replaced (--resume continues it)")
+    if args.init_from and not first:
+        _init_from(args, backend, say)
     spec = make_spec(args.arch, **spec_kwargs(args, args.resize))
     metrics = old or {}
     metrics.update(
@@ -295,6 +327,7 @@ def run(args, make_backend) -> dict:
         status="running", message="")
     metrics.setdefault("epochs", [])
     metrics.setdefault("curve", [])
+    metrics.setdefault("step_loss", [])
     say(f"{framework} ({', '.join(f'{k} {v}' for k, v in backend.versions.items())}): {spec.name} at "
           f"{args.resize} px, {backend.parameters:,} parameters, on {backend.device}"
           f"{' (--device auto)' if args.device == 'auto' else ''} ({backend.threads})")
@@ -307,15 +340,18 @@ def run(args, make_backend) -> dict:
 
     shard = getattr(backend, "shard", (0, 1))  # data parallel: this process's part of each global batch
     train = Loader(data.train_images, data.train_labels, batch_size=args.batch_size, resize=args.resize,
-                   seed=args.seed, normalize=args.normalize, shuffle=True, shard=shard,
+                   seed=args.seed, normalize=args.normalize, shuffle=True, shard=shard, augment=args.augment,
                    drop_last=True)  # every step sees one batch shape: one compiled program, one graph
     test = Loader(data.test_images, data.test_labels, batch_size=args.batch_size, resize=args.resize,
                   normalize=args.normalize, shuffle=False, shard=shard)
     steps = min(len(train), args.max_steps or len(train))
+    metrics["steps_per_epoch"] = steps
     progress = (sys.stderr.isatty() if args.progress is None else args.progress) and say is print
     for epoch in range(first, args.epochs):
         try:
-            loss, train_acc, seen, speed, seconds = train_epoch(backend, train, epoch, steps, progress, metrics)
+            accs = [e["test_acc"] for e in metrics["epochs"]]  # what the plateau schedule reads
+            lr_at = lambda k, epoch=epoch, accs=accs: learning_rate(args, epoch * steps + k, steps, accs)
+            loss, train_acc, seen, speed, seconds = train_epoch(backend, train, epoch, steps, progress, metrics, lr_at)
         except FloatingPointError as e:
             last = files.last_checkpoint()
             kept = f"the last good checkpoint ({last[1]}, epoch {last[0]}) is kept" if last else "no checkpoint was written"
@@ -331,7 +367,8 @@ def run(args, make_backend) -> dict:
         test_acc = backend.evaluate(test)
         entry = dict(epoch=epoch + 1, loss=loss, train_acc=train_acc, test_acc=test_acc,
                      examples_per_sec=speed, examples=seen, train_seconds=seconds,
-                     eval_seconds=time.perf_counter() - t, device=backend.device)
+                     eval_seconds=time.perf_counter() - t, device=backend.device,
+                     lr=[lr_at(0), lr_at(steps - 1)])  # the first and last step's learning rate
         metrics["epochs"].append(entry)
         say(f"epoch {epoch + 1}/{args.epochs}: {epoch_line(entry)}", flush=True)
         files.save_checkpoint(backend, epoch + 1)

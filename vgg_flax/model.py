@@ -156,9 +156,16 @@ class VGG(nnx.Module):
         return x
 
 
-def vgg(arch="vgg11", *, init="xavier", rngs: nnx.Rngs | None = None, **spec_kwargs) -> VGG:
-    """Build a VGG from a table name or the seeds' tuples (see vgg_torch.vgg). Input: NHWC."""
-    return VGG(make_spec(arch, **spec_kwargs), init=init, rngs=rngs or nnx.Rngs(0))
+def vgg(arch="vgg11", *, init="xavier", rngs: nnx.Rngs | None = None, dtype=None, **spec_kwargs) -> VGG:
+    """Build a VGG from a table name or the seeds' tuples (see vgg_torch.vgg). Input: NHWC.
+    dtype: the convolutions' and dense layers' computation dtype (e.g. jnp.bfloat16 for mixed
+    precision); their parameters stay float32 (param_dtype). None: float32 throughout."""
+    model = VGG(make_spec(arch, **spec_kwargs), init=init, rngs=rngs or nnx.Rngs(0))
+    if dtype is not None:
+        for _, m in model.iter_modules():
+            if isinstance(m, (nnx.Conv, nnx.Linear)):
+                m.dtype = dtype
+    return model
 
 
 def layer_shapes(model: VGG, batch: int = 1) -> list[tuple[str, tuple[int, ...]]]:
