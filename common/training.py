@@ -316,8 +316,6 @@ def run(args, make_backend) -> dict:
         say = print
     if not args.resume and files.last_checkpoint():
         say(f"note: starting afresh in {files.out}; its checkpoint will be replaced (--resume continues it)")
-    if args.init_from and not first:
-        _init_from(args, backend, say)
     spec = make_spec(args.arch, **spec_kwargs(args, args.resize))
     metrics = old or {}
     metrics.update(
@@ -332,6 +330,8 @@ def run(args, make_backend) -> dict:
           f"{args.resize} px, {backend.parameters:,} parameters, on {backend.device}"
           f"{' (--device auto)' if args.device == 'auto' else ''} ({backend.threads})")
     say(data.describe())
+    if args.init_from and not first:
+        _init_from(args, backend, say)
     if first:
         backend.load_checkpoint(last := files.last_checkpoint()[1])
         say(f"resumed from {last} after epoch {first}")
