@@ -139,11 +139,16 @@ def save_plot(path, rows: list[dict]) -> None:
     loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss at each step")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     if gap_ax:
-        spe = next(r["steps_per_epoch"] for r in rows if r.get("step_loss"))
-        gap_ax[0].semilogy([(k + 1) / spe for k in range(len(gap))], np.maximum(gap, 1e-9), "k-", lw=0.8)
+        first = next(r for r in rows if r.get("step_loss"))
+        # metrics.json keeps 7 significant digits: below this the losses read as equal (drawn at half of it)
+        digit = 10.0 ** (np.floor(np.log10(np.median(first["step_loss"]))) - 6)
+        x = [(k + 1) / first["steps_per_epoch"] for k in range(len(gap))]
+        gap_ax[0].semilogy(x, np.maximum(gap, digit / 2), "k-", lw=0.8)
+        gap_ax[0].axhline(digit, color="grey", ls=":", lw=1, label="last digit kept (7 significant)")
         gap_ax[0].set(xlabel="epoch", ylabel="largest |loss difference|",
                       title="largest difference between two frameworks")
         gap_ax[0].grid(alpha=0.3, which="both")
+        gap_ax[0].legend(fontsize=8)
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
