@@ -49,7 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .arch import make_spec
-from .cli import fail, spec_kwargs
+from .cli import fail, spec_kwargs, train_parser
 from .data import DataError, Loader, load_fashion_mnist
 from .recipe import describe_layers, learning_rate, start_from
 from .weights import WeightsError
@@ -220,8 +220,9 @@ def _resume(files: Run, args, framework: str):
     if old.get("framework") != framework:
         fail(f"--resume: {files.out} holds a {old.get('framework')} run, not {framework}; use another --out")
     new = _config(args)
-    changed = [f"--{k.replace('_', '-')} {old['config'].get(k)} -> {new[k]}" for k in RESUME_KEYS
-               if old["config"].get(k) != new[k]]
+    # a run from before a flag existed ran at its default
+    was = {**_config(train_parser("", "").parse_args([])), **old["config"]}
+    changed = [f"--{k.replace('_', '-')} {was.get(k)} -> {new[k]}" for k in RESUME_KEYS if was.get(k) != new[k]]
     if changed:
         fail(f"--resume: flags differ from the run in {files.out} ({'; '.join(changed)}); "
              "give the same flags, or start a new run in another --out")
