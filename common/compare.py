@@ -29,7 +29,7 @@ from .cli import fail, parse_train_args
 from .training import write_atomic, write_json
 
 FRAMEWORKS = {"torch": "vgg_torch.train", "gluon": "vgg_gluon.train", "flax": "vgg_flax.train"}
-NOT_PASSED = {"help", "preset", "out", "frameworks", "progress", "same_init", "concurrently"}
+NOT_PASSED = {"help", "preset", "out", "frameworks", "progress", "same_init", "concurrently", "rewrite_report"}
 DRAWS = "torch"  # --same-init: the framework that draws the initial weights (see the docstring)  # handled here, or already resolved
 
 
@@ -96,6 +96,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def accuracy_table(rows: list[dict]) -> str:
+    """framework, epochs, minutes (the whole process), final and best test accuracy: a long run's summary."""
+    lines = ["| framework | epochs | minutes | final test acc | best test acc (epoch) |", "|---|---|---|---|---|"]
+    for r in rows:
+        e = r.get("epochs") or []
+        best = max(e, key=lambda x: x["test_acc"]) if e else None
+        lines.append(f"| {r['framework']} | {len(e)} | {r['seconds'] / 60:.0f} | "
+                     + (f"{e[-1]['test_acc']:.4f} | {best['test_acc']:.4f} ({best['epoch']}) |" if e else "- | - |"))
+    return "\n".join(lines)
+
+
 def step_loss_gap(rows: list[dict]):
     """The largest difference between two frameworks' training loss at each step, over the steps that
     all the rows with per-step losses have (a NumPy array; empty with fewer than two such rows).
@@ -158,6 +169,53 @@ def save_plot(path, rows: list[dict]) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def reread(out: Path, frameworks: list[str]):
+    """(rows, flags, init) of an earlier report in `out`, with each framework's metrics.json read again."""
+    if not (out / "report.json").is_file():
+        fail(f"--rewrite-report: no report.json in {out}; run the comparison first")
+    report = json.loads((out / "report.json").read_text())
+    rows = []
+    for old in report["rows"]:
+        if old["framework"] not in frameworks:
+            continue
+        row, path = dict(old), out / old["framework"] / "metrics.json"
+        if path.is_file():
+            m = json.loads(path.read_text())
+            row.update(epochs=m["epochs"], curve=m["curve"], step_loss=m.get("step_loss", []),
+                       steps_per_epoch=m.get("steps_per_epoch"), status=m["status"])
+            if m["epochs"]:
+                e = m["epochs"]
+                row.update(train_acc=e[-1]["train_acc"], test_acc=e[-1]["test_acc"], loss=e[-1]["loss"],
+                           examples_per_sec=sum(x["examples"] for x in e) / sum(x["examples"] / x["examples_per_sec"] for x in e))
+        rows.append(row)
+    return rows, report["flags"], report.get("init", "unknown")
+
+
+def write_report(out: Path, rows: list[dict], argv_child: list[str], init: str, same_init: bool) -> None:
+    """report.md, report.json and report.png in `out`, and the table on stdout."""
+    config = " ".join(argv_child)
+    data = next((r["data"] for r in rows if r.get("data")), "unknown")
+    gap = step_loss_gap(rows)
+    gap_line = (f"largest difference between two frameworks' training loss: {gap[0]:.2g} at the first step, "
+                f"{gap[:20].max():.2g} over the first 20, {gap.max():.2g} over all {len(gap)} steps"
+                if len(gap) else "")
+    text = (f"# VGG on Fashion-MNIST, three frameworks\n\nflags: `{config}`\n\ndata: {data}\n\n"
+            f"initial weights: {init}\n\n{table(rows)}\n\n" + (gap_line + "\n\n" if gap_line else "") +
+            "examples/s: training examples per second over all epochs, first step of each epoch excluded "
+            "(compilation); seconds: the whole process, start-up, evaluation and checkpoints included.\n\n"
+            f"{accuracy_table(rows)}\n\n![curves](report.png)\n")
+    write_atomic(out / "report.md", text)
+    write_json(out / "report.json", {"flags": argv_child, "data": data, "init": init, "same_init": same_init,
+                                     "step_loss_gap": {"first": float(gap[0]), "first_20": float(gap[:20].max()),
+                                                       "all": float(gap.max()), "steps": len(gap)} if len(gap) else None,
+                                     "rows": [{k: v for k, v in r.items() if k not in ("curve", "step_loss")}
+                                              for r in rows]})
+    save_plot(out / "report.png", rows)
+    print("\n" + table(rows))
+    print(f"\ninitial weights: {init}" + (f"\n{gap_line}" if gap_line else ""))
+    print(f"\ndata: {data}\nwrote {out / 'report.md'}, {out / 'report.json'} and {out / 'report.png'}")
+
+
 def main(argv=None):
     def extra(p):
         p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
@@ -170,6 +228,10 @@ def main(argv=None):
                        help="train the frameworks at the same time, each in its own process, instead of one after "
                             "another: sooner done for long runs on a machine with cores to spare, but they then "
                             "compete for the cores and their examples/s do not compare")
+        p.add_argument("--rewrite-report", action="store_true",
+                       help="train nothing: write report.md, report.json and report.png in --out again from the "
+                            "runs there (their metrics.json and the earlier report.json), e.g. after a long run "
+                            "that was resumed by hand")
     args = parse_train_args(argv, prog="python -m common.compare", extra=extra,
                             description=__doc__.strip().splitlines()[0].split(": ", 1)[1])
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
@@ -180,6 +242,10 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     from .cli import train_parser
     argv_child = child_argv(args, train_parser("", ""))
+    if args.rewrite_report:
+        rows, argv_child, init = reread(out, frameworks)
+        write_report(out, rows, argv_child, init, "drawn once" in init)
+        return
     init = "each framework draws its own initial weights (--init, --seed) with its own random generator"
     if args.same_init:
         if args.init_from:
@@ -203,27 +269,7 @@ def main(argv=None):
     else:
         rows = [run_one(f, argv_child, out / f) for f in frameworks]
 
-    config = " ".join(argv_child)
-    data = next((r["data"] for r in rows if r.get("data")), "unknown")
-    gap = step_loss_gap(rows)
-    gap_line = (f"largest difference between two frameworks' training loss: {gap[0]:.2g} at the first step, "
-                f"{gap[:20].max():.2g} over the first 20, {gap.max():.2g} over all {len(gap)} steps"
-                if len(gap) else "")
-    text = (f"# VGG on Fashion-MNIST, three frameworks\n\nflags: `{config}`\n\ndata: {data}\n\n"
-            f"initial weights: {init}\n\n{table(rows)}\n\n" + (gap_line + "\n\n" if gap_line else "") +
-            "examples/s: training examples per second over all epochs, first step of each epoch excluded "
-            "(compilation); seconds: the whole process, start-up, evaluation and checkpoints included.\n\n"
-            "![curves](report.png)\n")
-    write_atomic(out / "report.md", text)
-    write_json(out / "report.json", {"flags": argv_child, "data": data, "init": init, "same_init": bool(args.same_init),
-                                     "step_loss_gap": {"first": float(gap[0]), "first_20": float(gap[:20].max()),
-                                                       "all": float(gap.max()), "steps": len(gap)} if len(gap) else None,
-                                     "rows": [{k: v for k, v in r.items() if k not in ("curve", "step_loss")}
-                                              for r in rows]})
-    save_plot(out / "report.png", rows)
-    print("\n" + table(rows))
-    print(f"\ninitial weights: {init}" + (f"\n{gap_line}" if gap_line else ""))
-    print(f"\ndata: {data}\nwrote {out / 'report.md'}, {out / 'report.json'} and {out / 'report.png'}")
+    write_report(out, rows, argv_child, init, bool(args.same_init))
     if any(r["status"] != "finished" for r in rows):
         raise SystemExit(1)
 

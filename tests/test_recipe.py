@@ -386,3 +386,24 @@ def test_weight_decay_rule_by_name():
     assert recipe.decays("block1.conv1.weight") and recipe.decays("fc3.weight")
     assert not any(recipe.decays(n) for n in ("block1.conv1.bias", "block1.bn1.weight", "block1.bn1.bias", "fc1.bias"))
     assert recipe.decays("block1.bn1.bias", decay_all=True)
+
+
+def test_rewrite_report_from_the_runs_in_out(tmp_path):
+    """--rewrite-report trains nothing: it reads report.json and each metrics.json again, and the
+    summary table gives each framework's epochs, minutes, final and best test accuracy."""
+    rows = []
+    for i, fw in enumerate(FRAMEWORKS):
+        epochs = [dict(epoch=e + 1, loss=1.0, train_acc=0.5, test_acc=acc, examples=10, examples_per_sec=5.0)
+                  for e, acc in enumerate([0.5, 0.9 + i / 100, 0.8])]
+        (tmp_path / fw).mkdir()
+        (tmp_path / fw / "metrics.json").write_text(json.dumps(dict(
+            epochs=epochs, curve=[dict(epoch=e["epoch"], loss=1.0, train_acc=0.5) for e in epochs],
+            step_loss=[2.0, 1.5 + i * 1e-3, 1.0], steps_per_epoch=1, status="finished")))
+        rows.append(dict(framework=fw, status="finished", seconds=120.0 * (i + 1), epochs=epochs[:1]))
+    (tmp_path / "report.json").write_text(json.dumps(dict(flags=["--epochs=3"], init="drawn once by PyTorch", rows=rows)))
+    compare.main(["--rewrite-report", "--out", str(tmp_path)])
+    md = (tmp_path / "report.md").read_text()
+    assert "| gluon | 3 | 4 | 0.8000 | 0.9100 (2) |" in md and "| flax | 3 | 6 | 0.8000 | 0.9200 (2) |" in md
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["same_init"] and report["step_loss_gap"]["all"] == pytest.approx(2e-3)
+    assert (tmp_path / "report.png").stat().st_size > 10_000
