@@ -6,6 +6,14 @@ framework), in turn rather than at once, so that none competes with another for 
 the examples/s are comparable. Each gets the same resolved flags and writes into <out>/<framework>/;
 then this writes <out>/report.md, report.json and report.png (the three frameworks' curves).
 A framework that fails is reported as failed, with its last error line; the others' results stay.
+
+--same-init: one set of initial weights is drawn once, from --seed and --init, by PyTorch
+(`python -m vgg_torch.weights --draw <out>/init.safetensors`), and every framework starts from it
+(--init-from). Any of the three could draw it (the canonical format reads into each); PyTorch does
+because the canonical layout is its own (the file is its state_dict as is, nothing transposed) and
+the other two frameworks' initialisers are written to match its distributions. Then the three
+differ only by their arithmetic: the report's third panel shows the largest difference between
+two frameworks' training loss at each step.
 """
 
 from __future__ import annotations
@@ -13,16 +21,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .cli import parse_train_args
+from .cli import fail, parse_train_args
 from .files import write_atomic
 from .training import write_json
 
 FRAMEWORKS = {"torch": "vgg_torch.train", "gluon": "vgg_gluon.train", "flax": "vgg_flax.train"}
-NOT_PASSED = {"help", "preset", "out", "frameworks", "progress", "overwrite"}  # handled here, or already resolved
+# handled here, or already resolved
+NOT_PASSED = {
+    "help",
+    "preset",
+    "out",
+    "frameworks",
+    "progress",
+    "overwrite",
+    "same_init",
+    "concurrently",
+    "rewrite_report",
+}
+DRAWS = "torch"  # --same-init: the framework that draws the initial weights (see the docstring)
 
 
 def child_argv(args, parser: argparse.ArgumentParser) -> list[str]:
@@ -45,8 +66,6 @@ def child_argv(args, parser: argparse.ArgumentParser) -> list[str]:
 def run_one(framework: str, argv: list[str], out: Path) -> dict:
     """Train one framework in a subprocess; its stdout and stderr pass through to ours, and the
     tail of stderr is kept for the report in case it fails."""
-    import subprocess
-
     cmd = [sys.executable, "-m", FRAMEWORKS[framework], *argv, f"--out={out}"]
     print(f"\n=== {framework}: {' '.join(cmd[1:])}", flush=True)
     start = time.time()
@@ -74,6 +93,8 @@ def run_one(framework: str, argv: list[str], out: Path) -> dict:
             versions=m["versions"],
             epochs=epochs,
             curve=m["curve"],
+            step_loss=m.get("step_loss", []),
+            steps_per_epoch=m.get("steps_per_epoch"),
         )
         if epochs:  # examples/s over the whole run: total examples / total training seconds
             row.update(
@@ -112,21 +133,63 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def accuracy_table(rows: list[dict]) -> str:
+    """framework, epochs, minutes (the whole process), final and best test accuracy: a long run's summary."""
+    lines = ["| framework | epochs | minutes | final test acc | best test acc (epoch) |", "|---|---|---|---|---|"]
+    for r in rows:
+        e = r.get("epochs") or []
+        best = max(e, key=lambda x: x["test_acc"]) if e else None
+        lines.append(
+            f"| {r['framework']} | {len(e)} | {r['seconds'] / 60:.0f} | "
+            + (f"{e[-1]['test_acc']:.4f} | {best['test_acc']:.4f} ({best['epoch']}) |" if e else "- | - |")
+        )
+    return "\n".join(lines)
+
+
+def step_loss_gap(rows: list[dict]):
+    """The largest difference between two frameworks' training loss at each step, over the steps that
+    all the rows with per-step losses have (a NumPy array; empty with fewer than two such rows).
+    The check that frameworks starting from the same weights train alike (tests/test_recipe.py)."""
+    import numpy as np
+
+    losses = [r["step_loss"] for r in rows if r.get("step_loss")]
+    if len(losses) < 2:
+        return np.zeros(0)
+    n = min(len(x) for x in losses)
+    a = np.array([x[:n] for x in losses], dtype=np.float64)
+    return a.max(axis=0) - a.min(axis=0)
+
+
 def save_plot(path, rows: list[dict]) -> None:
-    """Left: training loss; right: train (dashed) and test (dots) accuracy; one colour per framework."""
+    """Left: training loss at every step (d2l's averaged points where a run has no per-step losses);
+    middle: train (dashed) and test (dots) accuracy, one colour per framework; right: the largest
+    difference between two frameworks' training loss at each step (log scale)."""
     import io
 
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: slow, and only the plot needs it
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 3.8))
+    gap = step_loss_gap(rows)
+    fig = Figure(figsize=(15 if len(gap) else 10, 3.8))
     FigureCanvasAgg(fig)
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    for r, colour in zip(rows, ("C0", "C1", "C2", "C3")):
+    loss_ax, acc_ax, *gap_ax = fig.subplots(1, 3 if len(gap) else 2)
+    for r, colour, style in zip(rows, ("C0", "C1", "C2", "C3"), ("-", "--", ":", "-.")):
         if not r.get("curve"):
             continue
         x = [p["epoch"] for p in r["curve"]]
-        loss_ax.plot(x, [p["loss"] for p in r["curve"]], "-", color=colour, label=r["framework"])
+        if r.get("step_loss"):  # every step, thin lines in different dashes: identical curves stay visible
+            n = len(r["step_loss"])
+            loss_ax.plot(
+                [(k + 1) / r["steps_per_epoch"] for k in range(n)],
+                r["step_loss"],
+                style,
+                color=colour,
+                lw=0.8,
+                label=r["framework"],
+            )
+        else:
+            loss_ax.plot(x, [p["loss"] for p in r["curve"]], "-", color=colour, label=r["framework"])
         acc_ax.plot(x, [p["train_acc"] for p in r["curve"]], "--", color=colour, label=f"{r['framework']} train")
         acc_ax.plot(
             [e["epoch"] for e in r["epochs"]],
@@ -135,8 +198,20 @@ def save_plot(path, rows: list[dict]) -> None:
             color=colour,
             label=f"{r['framework']} test",
         )
-    loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss")
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss at each step")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    if gap_ax:
+        first = next(r for r in rows if r.get("step_loss"))
+        # metrics.json keeps 7 significant digits: below this the losses read as equal (drawn at half of it)
+        digit = 10.0 ** (np.floor(np.log10(np.median(first["step_loss"]))) - 6)
+        x = [(k + 1) / first["steps_per_epoch"] for k in range(len(gap))]
+        gap_ax[0].semilogy(x, np.maximum(gap, digit / 2), "k-", lw=0.8)
+        gap_ax[0].axhline(digit, color="grey", ls=":", lw=1, label="last digit kept (7 significant)")
+        gap_ax[0].set(
+            xlabel="epoch", ylabel="largest |loss difference|", title="largest difference between two frameworks"
+        )
+        gap_ax[0].grid(alpha=0.3, which="both")
+        gap_ax[0].legend(fontsize=8)
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -146,12 +221,109 @@ def save_plot(path, rows: list[dict]) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def reread(out: Path, frameworks: list[str]):
+    """(rows, flags, init) of an earlier report in `out`, with each framework's metrics.json read again."""
+    if not (out / "report.json").is_file():
+        fail(f"--rewrite-report: no report.json in {out}; run the comparison first")
+    report = json.loads((out / "report.json").read_text())
+    rows = []
+    for old in report["rows"]:
+        if old["framework"] not in frameworks:
+            continue
+        row, path = dict(old), out / old["framework"] / "metrics.json"
+        if path.is_file():
+            m = json.loads(path.read_text())
+            row.update(
+                epochs=m["epochs"],
+                curve=m["curve"],
+                step_loss=m.get("step_loss", []),
+                steps_per_epoch=m.get("steps_per_epoch"),
+                status=m["status"],
+            )
+            if m["epochs"]:
+                e = m["epochs"]
+                row.update(
+                    train_acc=e[-1]["train_acc"],
+                    test_acc=e[-1]["test_acc"],
+                    loss=e[-1]["loss"],
+                    examples_per_sec=sum(x["examples"] for x in e)
+                    / sum(x["examples"] / x["examples_per_sec"] for x in e),
+                )
+        rows.append(row)
+    return rows, report["flags"], report.get("init", "unknown")
+
+
+def write_report(out: Path, rows: list[dict], argv_child: list[str], init: str, same_init: bool) -> None:
+    """report.md, report.json and report.png in `out`, and the table on stdout."""
+    config = " ".join(argv_child)
+    data = next((r["data"] for r in rows if r.get("data")), "unknown")
+    gap = step_loss_gap(rows)
+    gap_line = (
+        f"largest difference between two frameworks' training loss: {gap[0]:.2g} at the first step, "
+        f"{gap[:20].max():.2g} over the first 20, {gap.max():.2g} over all {len(gap)} steps"
+        if len(gap)
+        else ""
+    )
+    text = (
+        f"# VGG on Fashion-MNIST, three frameworks\n\nflags: `{config}`\n\ndata: {data}\n\n"
+        f"initial weights: {init}\n\n{table(rows)}\n\n"
+        + (gap_line + "\n\n" if gap_line else "")
+        + "examples/s: training examples per second over all epochs, first step of each epoch excluded "
+        "(compilation); seconds: the whole process, start-up, evaluation and checkpoints included.\n\n"
+        f"{accuracy_table(rows)}\n\n![curves](report.png)\n"
+    )
+    write_atomic(out / "report.md", text)
+    write_json(
+        out / "report.json",
+        {
+            "flags": argv_child,
+            "data": data,
+            "init": init,
+            "same_init": same_init,
+            "step_loss_gap": {
+                "first": float(gap[0]),
+                "first_20": float(gap[:20].max()),
+                "all": float(gap.max()),
+                "steps": len(gap),
+            }
+            if len(gap)
+            else None,
+            "rows": [{k: v for k, v in r.items() if k not in ("curve", "step_loss")} for r in rows],
+        },
+    )
+    save_plot(out / "report.png", rows)
+    print("\n" + table(rows))
+    print(f"\ninitial weights: {init}" + (f"\n{gap_line}" if gap_line else ""))
+    print(f"\ndata: {data}\nwrote {out / 'report.md'}, {out / 'report.json'} and {out / 'report.png'}")
+
+
 def main(argv=None):
     def extra(p):
         p.add_argument(
             "--frameworks",
             default=",".join(FRAMEWORKS),
             help="comma-separated subset of torch, gluon, flax (default: all three, in that order)",
+        )
+        p.add_argument(
+            "--same-init",
+            action="store_true",
+            help="draw the initial weights once (PyTorch, from --seed and --init), write them to "
+            "<out>/init.safetensors and start every framework from them (--init-from), so that "
+            "the three differ only by their arithmetic. Without it each framework draws its own",
+        )
+        p.add_argument(
+            "--concurrently",
+            action="store_true",
+            help="train the frameworks at the same time, each in its own process, instead of one after "
+            "another: sooner done for long runs on a machine with cores to spare, but they then "
+            "compete for the cores and their examples/s do not compare",
+        )
+        p.add_argument(
+            "--rewrite-report",
+            action="store_true",
+            help="train nothing: write report.md, report.json and report.png in --out again from the "
+            "runs there (their metrics.json and the earlier report.json), e.g. after a long run "
+            "that was resumed by hand",
         )
 
     args = parse_train_args(
@@ -163,39 +335,51 @@ def main(argv=None):
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
     if unknown or not frameworks:
-        from .cli import fail
-
         fail(f"--frameworks: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(FRAMEWORKS)}")
     out = Path(args.out or "runs/compare")
     out.mkdir(parents=True, exist_ok=True)
     from .cli import train_parser
 
     argv_child = child_argv(args, train_parser("", ""))
+    if args.rewrite_report:
+        rows, argv_child, init = reread(out, frameworks)
+        write_report(out, rows, argv_child, init, "drawn once" in init)
+        return
+    init = "each framework draws its own initial weights (--init, --seed) with its own random generator"
+    if args.same_init:
+        if args.init_from:
+            fail("--same-init draws the initial weights, --init-from gives them: use one of the two")
+        init_path = out / "init.safetensors"
+        drawn = subprocess.run(
+            [sys.executable, "-m", f"vgg_{DRAWS}.weights", f"--draw={init_path}", *argv_child],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if drawn.returncode:
+            fail(f"--same-init: drawing the initial weights failed: {(drawn.stderr.strip().splitlines() or ['?'])[-1]}")
+        argv_child.append(f"--init-from={init_path}")
+        init = (
+            f"every framework starts from the same weights, drawn once by PyTorch (--init {args.init}, "
+            f"--seed {args.seed}): {init_path}"
+        )
+    elif args.init_from:
+        init = f"every framework starts from the weights in {args.init_from}"
     if args.progress is not False and (args.progress or sys.stderr.isatty()):
         argv_child.append("--progress")  # the child's stderr is our pipe, not a terminal
     # <out>/<framework>/ are this command's own sub-runs, rewritten by each comparison (a second
     # `make run` must work, and the report must not mix two runs): each starts with --overwrite,
     # which leaves the earlier checkpoint until the new run's first one replaces it. --resume
     # continues them instead.
-    again = [] if args.resume else ["--overwrite"]
-    rows = [run_one(f, argv_child + again, out / f) for f in frameworks]
+    argv_child += [] if args.resume else ["--overwrite"]
+    if args.concurrently:
+        from concurrent.futures import ThreadPoolExecutor
 
-    config = " ".join(argv_child)
-    data = next((r["data"] for r in rows if r.get("data")), "unknown")
-    text = (
-        f"# VGG on Fashion-MNIST, three frameworks\n\nflags: `{config}`\n\ndata: {data}\n\n{table(rows)}\n\n"
-        "examples/s: training examples per second over all epochs, first step of each epoch excluded "
-        "(compilation); seconds: the whole process, start-up, evaluation and checkpoints included.\n\n"
-        "![curves](report.png)\n"
-    )
-    write_atomic(out / "report.md", text)
-    write_json(
-        out / "report.json",
-        {"flags": argv_child, "data": data, "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]},
-    )
-    save_plot(out / "report.png", rows)
-    print("\n" + table(rows))
-    print(f"\ndata: {data}\nwrote {out / 'report.md'}, {out / 'report.json'} and {out / 'report.png'}")
+        with ThreadPoolExecutor(len(frameworks)) as pool:
+            rows = list(pool.map(lambda f: run_one(f, argv_child, out / f), frameworks))
+    else:
+        rows = [run_one(f, argv_child, out / f) for f in frameworks]
+
+    write_report(out, rows, argv_child, init, bool(args.same_init))
     if any(r["status"] != "finished" for r in rows):
         raise SystemExit(1)
 

@@ -294,6 +294,32 @@ def resize_bilinear(images, size: int, out=None) -> np.ndarray:
     return out
 
 
+def augment_pad(size: int) -> int:
+    """--augment's crop padding: 4 px at 32 px (the CIFAR recipe of torchvision and the Gluon examples),
+    in proportion at other sizes (28 px at 224)."""
+    return max(1, round(4 * size / 32))
+
+
+def augment_draws(rng, n: int, pad: int):
+    """(dy, dx, flip) for n images: crop offsets in 0..2*pad (pad, pad: no shift), drawn as
+    rng.integers(0, 2 * pad + 1, size=(2, n)), then flips where rng.random(n) < 0.5."""
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    return dy, dx, rng.random(n) < 0.5
+
+
+def augment_batch(x, dy, dx, flip, pad: int, fill: float = 0.0):
+    """Random crop with padding and horizontal flip, in place, of a (B, S, S) float batch: image i
+    is padded by `pad` pixels of value `fill` on every side, cut back to S x S from row dy[i] and
+    column dx[i] of the padded image, then mirrored left-right where flip[i]."""
+    b, s, _ = x.shape
+    padded = np.full((s + 2 * pad, s + 2 * pad), fill, x.dtype)
+    for i in range(b):
+        padded[pad : pad + s, pad : pad + s] = x[i]
+        window = padded[dy[i] : dy[i] + s, dx[i] : dx[i] + s]
+        x[i] = window[:, ::-1] if flip[i] else window
+    return x
+
+
 class Loader:
     """Batches of one epoch: x (B, 1, S, S) float32 C-contiguous NCHW in [0, 1] (or normalised
     with MEAN/STD), y (B,) int64. The order of epoch e is the permutation drawn by
@@ -305,7 +331,11 @@ class Loader:
 
     shard=(i, n), for data parallelism: batch_size is the global batch, and this loader yields
     only part i of n of each one (contiguous rows, np.array_split), so the n processes of a
-    job together see exactly the batches that one process with shard=(0, 1) sees."""
+    job together see exactly the batches that one process with shard=(0, 1) sees.
+
+    augment=True: batch k of epoch e is cropped and flipped (augment_batch) after resizing, with
+    augment_draws(np.random.default_rng((seed, e, 2, k)), ...) made for the whole global batch before
+    it is split into shards; the padding is augment_pad(resize) pixels of a black pixel's value."""
 
     def __init__(
         self,
@@ -320,6 +350,7 @@ class Loader:
         normalize=False,
         prefetch=2,
         shard=(0, 1),
+        augment=False,
     ):
         self.images, self.labels = np.asarray(images), np.asarray(labels).astype(np.int64, copy=False)
         if self.images.ndim != 3 or len(self.images) != len(self.labels):
@@ -327,7 +358,7 @@ class Loader:
         if self.images.shape[1] != self.images.shape[2] and resize is None:
             raise ValueError(f"images are {self.images.shape[1:]}, pass resize= to make them square")
         self.batch_size, self.size, self.shuffle, self.seed = batch_size, resize or self.images.shape[1], shuffle, seed
-        self.drop_last, self.normalize, self.prefetch = drop_last, normalize, prefetch
+        self.drop_last, self.normalize, self.prefetch, self.augment = drop_last, normalize, prefetch, augment
         if not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard=(index, count) needs 0 <= index < count, got {shard}")
         self.shard = tuple(shard)
@@ -346,17 +377,28 @@ class Loader:
         self._next_epoch += 1
         return self.epoch(self._next_epoch - 1)
 
-    def _batch(self, idx):
-        idx = np.array_split(idx, self.shard[1])[self.shard[0]]
+    def _batch(self, idx, epoch=0, k=0):
+        if self.augment:  # the draws cover the global batch, so that any sharding sees the same pixels
+            draws = augment_draws(np.random.default_rng((self.seed, epoch, 2, k)), len(idx), augment_pad(self.size))
+        part = np.array_split(np.arange(len(idx)), self.shard[1])[self.shard[0]]
+        idx = idx[part]
         x = self.images[idx].astype(np.float32)
         x *= np.float32(self._scale)
         if self._shift:
             x += np.float32(self._shift)
         b, h, w = x.shape
         if (h, w) == (self.size, self.size):
-            return x.reshape(b, 1, h, w), self.labels[idx]
-        out = np.empty((b, 1, self.size, self.size), np.float32)
-        resize_bilinear(x, self.size, out=out.reshape(b, self.size, self.size))
+            out = x.reshape(b, 1, h, w)
+        else:
+            out = np.empty((b, 1, self.size, self.size), np.float32)
+            resize_bilinear(x, self.size, out=out.reshape(b, self.size, self.size))
+        if self.augment:
+            augment_batch(
+                out.reshape(b, self.size, self.size),
+                *(d[part] for d in draws),
+                augment_pad(self.size),
+                np.float32(self._shift),
+            )
         return out, self.labels[idx]
 
     def epoch(self, epoch: int):
@@ -364,8 +406,8 @@ class Loader:
         order = np.random.default_rng((self.seed, epoch)).permutation(n) if self.shuffle else np.arange(n)
         starts = range(0, len(self) * b, b)
         if not self.prefetch:
-            for s in starts:
-                yield self._batch(order[s : s + b])
+            for k, s in enumerate(starts):
+                yield self._batch(order[s : s + b], epoch, k)
             return
         q, stop, done = queue.Queue(self.prefetch), threading.Event(), object()
 
@@ -380,8 +422,8 @@ class Loader:
 
         def work():
             try:
-                for s in starts:
-                    if not put(self._batch(order[s : s + b])):
+                for k, s in enumerate(starts):
+                    if not put(self._batch(order[s : s + b], epoch, k)):
                         return
                 put(done)
             except BaseException as e:  # handed to the consumer, raised there

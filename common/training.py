@@ -9,6 +9,9 @@ owns the model, the optimiser and the device, and offers:
                               it trains on part shard[0] of shard[1] of each global batch, and
                               fetch and evaluate return totals over all parts
     start_epoch(epoch)        training mode; reseed dropout from (seed, epoch)
+    set_lr(lr)                the learning rate of the next step (common.recipe.learning_rate)
+    canonical() / load_canonical(tensors)   the model's weights as canonical NumPy tensors, and back
+                              (vgg_X.weights.to_canonical / from_canonical): --init-from
     train_step(x, y)          one update on a NumPy NCHW batch; returns device scalars
                               (summed loss, #correct), left unread so the device can run ahead
     fetch(out)                -> (float loss_sum, int correct): waits for that step
@@ -22,8 +25,9 @@ Ctrl-C. It raises typed errors (RunError and its kinds below, DataError, ArchErr
 message a user needs; only the command line (`common.cli.main_guard`) turns them into exit codes.
 
 Reports, in --out (default runs/<framework>/):
-    metrics.json    config, data set, device, versions, one entry per epoch, and d2l-style
-                    points within each epoch ("curve"); rewritten after every epoch
+    metrics.json    config, data set, device, versions, one entry per epoch, d2l-style points
+                    within each epoch ("curve"), and every step's training loss ("step_loss", the
+                    batch mean to 7 significant digits, float32's precision); rewritten after every epoch
     metrics.png     train loss, train and test accuracy against epochs, as d2l draws them
     checkpoint-epochN/ + checkpoint.json   the last finished epoch (model, optimiser, RNG),
                     and the one before it, kept as a fallback for --resume
@@ -59,6 +63,7 @@ from .data import Loader, load_fashion_mnist
 from .errors import CheckpointError, DeviceError, Diverged, Interrupted, RunError  # noqa: F401  (importable from here too)
 from .files import umask as _umask  # noqa: F401  (write_atomic: importable from here too)
 from .files import write_atomic
+from .recipe import describe_layers, learning_rate, start_from
 
 try:
     import fcntl
@@ -80,6 +85,17 @@ RESUME_KEYS = (
     "init",
     "seed",
     "max_steps",
+    "init_from",
+    "init_partial",
+    "weight_decay",
+    "decay_all",
+    "lr_schedule",
+    "warmup_epochs",
+    "lr_step_epochs",
+    "lr_factor",
+    "plateau_patience",
+    "augment",
+    "precision",
 )
 CURVE_POINTS = 5  # points per epoch in the plot's training curves, as d2l's animator
 
@@ -116,6 +132,17 @@ class TrainConfig:
     compile: bool
     cpu_workarounds: bool
     progress: bool | None
+    init_from: str | None
+    init_partial: bool
+    weight_decay: float
+    decay_all: bool
+    lr_schedule: str
+    warmup_epochs: float
+    lr_step_epochs: int
+    lr_factor: float
+    plateau_patience: int
+    augment: bool
+    precision: str
 
     @classmethod
     def from_args(cls, args) -> TrainConfig:
@@ -447,6 +474,13 @@ class Run:
         return Interrupted(f"interrupted during {where}; {self.kept()}")
 
 
+def _default_config() -> dict:
+    """Every flag at its default, as metrics.json's "config" holds them."""
+    from .cli import train_parser  # the flags' one definition; imported here, cli imports this module's users
+
+    return TrainConfig.from_args(train_parser("", "").parse_args([])).as_dict()
+
+
 def _resume(files: Run, config: TrainConfig, framework: str):
     """(earlier metrics, checkpoints to try, a problem to report) from --out, after checking that
     the checkpoint is this run's and the flags match. Reads only."""
@@ -480,21 +514,26 @@ def _resume(files: Run, config: TrainConfig, framework: str):
             "checkpoint); --overwrite starts afresh there, --out NEW elsewhere"
         )
     new = config.as_dict()
-    changed = [
-        f"--{k.replace('_', '-')} {old_config.get(k)} -> {new[k]}" for k in RESUME_KEYS if old_config.get(k) != new[k]
-    ]
+    was = {**_default_config(), **old_config}  # a run from before a flag existed ran at its default
+    changed = [f"--{k.replace('_', '-')} {was.get(k)} -> {new[k]}" for k in RESUME_KEYS if was.get(k) != new[k]]
     if changed:
         raise CheckpointError(
             f"--resume: flags differ from the run in {files.out} ({'; '.join(changed)}); "
             "give the same flags, or start a new run in another --out"
         )
+    if config.lr_schedule == "cosine" and old_config.get("epochs") != config.epochs:
+        raise CheckpointError(
+            f"--resume: --lr-schedule cosine spans the whole run, which had --epochs {old_config.get('epochs')}; "
+            "resume with that, or start a new run in another --out"
+        )
     return old, candidates, problem
 
 
-def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metrics: dict):
+def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metrics: dict, lr_at=None):
     """One epoch; returns (loss, train acc, examples, examples/s, seconds) or raises FloatingPointError;
     a KeyboardInterrupt comes out saying the epoch and step. examples/s leaves out the first step,
-    which in Flax, Gluon and torch.compile includes compiling."""
+    which in Flax, Gluon and torch.compile includes compiling. lr_at(k): the learning rate of the
+    epoch's step k (0-based), set before each step."""
     backend.start_epoch(epoch)
     every = max(1, steps // CURVE_POINTS)
     loss_sum = correct = seen = 0
@@ -513,6 +552,7 @@ def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metri
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss} at epoch {epoch + 1}, step {step}")
         loss_sum, correct, seen = loss_sum + loss, correct + c, seen + n
+        metrics["step_loss"].append(float(f"{loss / n:.7g}"))
         if step == 1:  # the clock starts once the first step is done: it carries the compilation
             timed_from = (time.perf_counter(), seen)
         bar.update(1)
@@ -525,6 +565,8 @@ def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metri
     batches = loader.epoch(epoch)
     try:
         for step, (x, y) in enumerate(batches, 1):
+            if lr_at:
+                backend.set_lr(lr_at(step - 1))
             out = backend.train_step(x, y)
             if pending:  # read the previous step's numbers only now, so that the device stays busy
                 account(*pending)
@@ -541,6 +583,20 @@ def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metri
     end = time.perf_counter()
     t0, n0 = timed_from if seen > timed_from[1] else (start, 0)  # a one-step epoch has nothing else to time
     return loss_sum / seen, correct / seen, seen, (seen - n0) / (end - t0), end - start
+
+
+def _init_from(config: TrainConfig, backend, say) -> None:
+    """--init-from FILE [--init-partial]: the model starts from the file's weights (common.recipe.start_from).
+    Raises WeightsError for a file that does not fit."""
+    tensors, copied, drawn = start_from(config.init_from, backend.canonical(), config.init_partial)
+    backend.load_canonical(tensors)  # vgg_X.weights.from_canonical: every name and shape checked
+    if config.init_partial:
+        say(
+            f"--init-partial: copied {len(copied)} tensors from {config.init_from} ({describe_layers(copied)}); "
+            f"drew {len(drawn)} (--init {config.init}: {describe_layers(drawn)})"
+        )
+    else:
+        say(f"starting from the weights in {config.init_from}")
 
 
 @dataclasses.dataclass
@@ -603,6 +659,7 @@ def _start(config: TrainConfig, make_backend, files: Run) -> _Started:
     )
     metrics.setdefault("epochs", [])
     metrics.setdefault("curve", [])
+    metrics.setdefault("step_loss", [])
     files.metrics = metrics  # the run has started: an interrupt from here on is recorded in metrics.json
     say(
         f"{framework} ({', '.join(f'{k} {v}' for k, v in backend.versions.items())}): {spec.name} at "
@@ -613,11 +670,15 @@ def _start(config: TrainConfig, make_backend, files: Run) -> _Started:
     if held:
         say(f"note: --overwrite: {files.out} holds an earlier run ({held}); this run's first checkpoint replaces it")
     first = 0
+    if config.init_from and not config.resume:
+        files.where = "start-up (loading --init-from)"
+        _init_from(config, backend, say)
     if config.resume:
         files.where = "start-up (loading the checkpoint)"
         first = files.restore(backend, candidates, say)
         metrics["epochs"] = metrics["epochs"][:first]
         metrics["curve"] = [p for p in metrics["curve"] if p["epoch"] <= first]
+        metrics["step_loss"] = metrics["step_loss"][: first * metrics.get("steps_per_epoch", 0)]
         say(f"resumed from {files.saved[1]} after epoch {first}")
     if first >= config.epochs:
         say(f"nothing to do: {files.out} already holds {first} epochs (ask for more with --epochs)")
@@ -632,6 +693,7 @@ def _start(config: TrainConfig, make_backend, files: Run) -> _Started:
         normalize=config.normalize,
         shuffle=True,
         shard=shard,
+        augment=config.augment,
         drop_last=True,
     )  # every step sees one batch shape: one compiled program, one graph
     test = Loader(
@@ -644,6 +706,7 @@ def _start(config: TrainConfig, make_backend, files: Run) -> _Started:
         shard=shard,
     )
     steps = min(len(train), config.max_steps or len(train))
+    metrics["steps_per_epoch"] = steps
     progress = (sys.stderr.isatty() if config.progress is None else config.progress) and files.writes
     return _Started(backend, files, metrics, say, train, test, first, steps, progress)
 
@@ -653,8 +716,12 @@ def _epochs(config: TrainConfig, s: _Started) -> dict:
     backend, files, metrics, say = s.backend, s.files, s.metrics, s.say
     for epoch in range(s.first, config.epochs):
         files.where = f"epoch {epoch + 1}"
+        accs = [e["test_acc"] for e in metrics["epochs"]]  # what the plateau schedule reads
+        lr_at = lambda k, epoch=epoch, accs=accs: learning_rate(config, epoch * s.steps + k, s.steps, accs)  # noqa: E731
         try:
-            loss, train_acc, seen, speed, seconds = train_epoch(backend, s.train, epoch, s.steps, s.progress, metrics)
+            loss, train_acc, seen, speed, seconds = train_epoch(
+                backend, s.train, epoch, s.steps, s.progress, metrics, lr_at
+            )
         except FloatingPointError as e:
             kept = (
                 f"the last good checkpoint ({files.saved[1]}, epoch {files.saved[0]}) is kept"
@@ -680,6 +747,7 @@ def _epochs(config: TrainConfig, s: _Started) -> dict:
             train_seconds=seconds,
             eval_seconds=time.perf_counter() - t,
             device=backend.device,
+            lr=[lr_at(0), lr_at(s.steps - 1)],  # the first and last step's learning rate
         )
         metrics["epochs"].append(entry)
         say(f"epoch {epoch + 1}/{config.epochs}: {epoch_line(entry)}", flush=True)

@@ -464,11 +464,11 @@ def test_loader_producer_error_reaches_consumer(monkeypatch):
     loader = Loader(images, labels, batch_size=8)
     calls = []
 
-    def failing(idx):
+    def failing(idx, *where):  # where: (epoch, batch), for --augment's draws
         calls.append(1)
         if len(calls) == 3:
             raise ValueError("broken batch")
-        return Loader._batch(loader, idx)
+        return Loader._batch(loader, idx, *where)
 
     monkeypatch.setattr(loader, "_batch", failing)
     got = []

@@ -231,7 +231,7 @@ def apply_updates(fw, optimizer, w0, grads, lr, momentum):
     """One weight vector, given gradients, the framework's own make_optimizer."""
     from argparse import Namespace
 
-    args = Namespace(optimizer=optimizer, lr=lr, momentum=momentum)
+    args = Namespace(optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=0.0, decay_all=False)
     make_optimizer = importlib.import_module(f"vgg_{fw}.train").make_optimizer
     if fw == "torch":
         import torch

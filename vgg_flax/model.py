@@ -28,9 +28,7 @@ def _initializers(init: str):
     """(conv kernel, dense kernel) initialisers: the same distributions as vgg_torch.init_weights."""
     if init == "xavier":  # Xavier/Glorot uniform
         return nnx.initializers.xavier_uniform(), nnx.initializers.xavier_uniform()
-    if (
-        init == "kaiming"
-    ):  # torchvision's recipe; "normal", not "truncated_normal" (he_normal's), as torch's kaiming_normal_
+    if init == "kaiming":  # torchvision's; "normal", not he_normal's "truncated_normal", as torch's kaiming_normal_
         return nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), nnx.initializers.normal(0.01)
     raise ValueError(f"unknown init {init!r}; use 'xavier' or 'kaiming'")
 
@@ -44,14 +42,18 @@ def local_response_norm(x, size=LRN["size"], alpha=LRN["alpha"], beta=LRN["beta"
 
 
 class VGGBlock(nnx.Module):
-    def __init__(self, kernel_sizes, out_channels, in_channels, *, batch_norm=False, lrn=False, init="xavier", rngs):
+    def __init__(
+        self, kernel_sizes, out_channels, in_channels, *, batch_norm=False, lrn=False, init="xavier", dtype=None, rngs
+    ):
         conv_init, _ = _initializers(init)
         self.num_convs, self.batch_norm, self.lrn = len(kernel_sizes), batch_norm, lrn
         for j, k in enumerate(kernel_sizes, 1):
             setattr(
                 self,
                 f"conv{j}",
-                nnx.Conv(in_channels, out_channels, (k, k), padding="SAME", kernel_init=conv_init, rngs=rngs),
+                nnx.Conv(
+                    in_channels, out_channels, (k, k), padding="SAME", kernel_init=conv_init, dtype=dtype, rngs=rngs
+                ),
             )
             if batch_norm:  # momentum and epsilon as torch's and Gluon's defaults
                 setattr(self, f"bn{j}", nnx.BatchNorm(out_channels, momentum=0.9, epsilon=1e-5, rngs=rngs))
@@ -78,9 +80,11 @@ def vgg_block(
     batch_norm=False,
     lrn=False,
     init="xavier",
+    dtype=None,
     rngs: nnx.Rngs,
 ):
-    """`num_convs` convolutions (3x3, 'same' padding) with ReLU, then a 2x2 max-pool."""
+    """`num_convs` convolutions (3x3, 'same' padding) with ReLU, then a 2x2 max-pool.
+    dtype: the convolutions' computation dtype (jnp.bfloat16: mixed precision); parameters stay float32."""
     return VGGBlock(
         kernel_sizes or (3,) * num_convs,
         out_channels,
@@ -88,12 +92,13 @@ def vgg_block(
         batch_norm=batch_norm,
         lrn=lrn,
         init=init,
+        dtype=dtype,
         rngs=rngs,
     )
 
 
 class VGG(nnx.Module):
-    def __init__(self, spec, *, init="xavier", rngs: nnx.Rngs):
+    def __init__(self, spec, *, init="xavier", dtype=None, rngs: nnx.Rngs):
         self.spec = spec
         cin = spec.in_channels
         for i, b in enumerate(spec.blocks, 1):
@@ -108,15 +113,16 @@ class VGG(nnx.Module):
                     batch_norm=spec.batch_norm,
                     lrn=spec.lrn and i == 1,
                     init=init,
+                    dtype=dtype,
                     rngs=rngs,
                 ),
             )
             cin = b.out_channels
         _, dense_init = _initializers(init)
         h = spec.hidden_units
-        self.fc1 = nnx.Linear(spec.flat_features, h, kernel_init=dense_init, rngs=rngs)
-        self.fc2 = nnx.Linear(h, h, kernel_init=dense_init, rngs=rngs)
-        self.fc3 = nnx.Linear(h, spec.num_classes, kernel_init=dense_init, rngs=rngs)
+        self.fc1 = nnx.Linear(spec.flat_features, h, kernel_init=dense_init, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(h, h, kernel_init=dense_init, dtype=dtype, rngs=rngs)
+        self.fc3 = nnx.Linear(h, spec.num_classes, kernel_init=dense_init, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(spec.dropout, rngs=rngs)
 
     def layers(self):
@@ -135,9 +141,11 @@ class VGG(nnx.Module):
         return x
 
 
-def vgg(arch="vgg11", *, init="xavier", rngs: nnx.Rngs | None = None, **spec_kwargs) -> VGG:
-    """Build a VGG from a table name or d2l's `conv_arch` tuples (see vgg_torch.vgg). Input: NHWC."""
-    return VGG(make_spec(arch, **spec_kwargs), init=init, rngs=rngs or nnx.Rngs(0))
+def vgg(arch="vgg11", *, init="xavier", rngs: nnx.Rngs | None = None, dtype=None, **spec_kwargs) -> VGG:
+    """Build a VGG from a table name or d2l's `conv_arch` tuples (see vgg_torch.vgg). Input: NHWC.
+    dtype: the convolutions' and dense layers' computation dtype (jnp.bfloat16 for mixed precision,
+    as nnx.Conv and nnx.Linear take it); their parameters stay float32. None: float32 throughout."""
+    return VGG(make_spec(arch, **spec_kwargs), init=init, dtype=dtype, rngs=rngs or nnx.Rngs(0))
 
 
 def layer_shapes(model: VGG, batch: int = 1) -> list[tuple[str, tuple[int, ...]]]:

@@ -26,6 +26,7 @@ from safetensors.numpy import load_file, save_file
 from common import training
 from common.cli import main_guard, parse_train_args, spec_kwargs
 from common.errors import CheckpointError, reason
+from common.recipe import decays
 from vgg_flax import parallel, weights, xla_cpu
 from vgg_flax.model import count_parameters, vgg
 
@@ -38,7 +39,7 @@ def train_step(model, optimizer, x, y):
     x = jnp.transpose(x, (0, 2, 3, 1))  # the loader's NCHW -> Flax's NHWC, the one place it happens
 
     def loss_fn(model):
-        logits = model(x)
+        logits = model(x).astype(jnp.float32)  # bfloat16 layers (--precision): the loss in float32, as autocast
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits  # mean, as d2l
 
     (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)  # grads of nnx.Param only
@@ -46,14 +47,39 @@ def train_step(model, optimizer, x, y):
     return loss * y.shape[0], (logits.argmax(-1) == y).sum()
 
 
+def _canonical_name(path) -> str:
+    """'block1.conv1.weight' for the parameter at path block1/conv1/kernel (common.weights' names)."""
+    parts = [p for p in _name(path).split("/") if p != "value"]
+    return ".".join(parts[:-1] + [{"kernel": "weight", "scale": "weight"}.get(parts[-1], parts[-1])])
+
+
+def decay_mask(decay_all: bool):
+    """optax mask for add_decayed_weights: True where common.recipe.decays says so (conv and dense
+    kernels; not biases or batch-norm scales and shifts unless decay_all)."""
+    return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: decays(_canonical_name(p), decay_all), params)
+
+
 def make_optimizer(model, args):
     """The same update as vgg_torch.make_optimizer: optax.sgd keeps v = momentum * v + g and
-    applies w -= lr * v, as torch; optax.adam adds eps to the bias-corrected sqrt(v), as torch."""
-    if args.optimizer == "sgd":
-        tx = optax.sgd(args.lr, momentum=args.momentum or None)  # None: no momentum buffer at all
-    else:
-        tx = optax.adam(args.lr, b1=0.9, b2=0.999, eps=1e-8)
-    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+    applies w -= lr * v, as torch; optax.adam adds eps to the bias-corrected sqrt(v), as torch.
+    --weight-decay: optax.add_decayed_weights before the optimiser, g + wd * w (masked: common.recipe.decays),
+    as torch's weight_decay. The learning rate is a hyperparameter injected into the state
+    (optax.inject_hyperparams), which set_lr changes before each step (common.recipe.learning_rate)."""
+    wd = args.weight_decay
+
+    def tx(learning_rate):
+        if args.optimizer == "sgd":
+            opt = optax.sgd(learning_rate, momentum=args.momentum or None)  # None: no momentum buffer at all
+        else:
+            opt = optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
+        return optax.chain(optax.add_decayed_weights(wd, mask=decay_mask(args.decay_all)), opt) if wd else opt
+
+    return nnx.Optimizer(model, optax.inject_hyperparams(tx)(learning_rate=args.lr), wrt=nnx.Param)
+
+
+def set_lr(optimizer, lr: float) -> None:
+    """The learning rate of the next update (a value in the optimiser state: no recompilation)."""
+    optimizer.opt_state.hyperparams["learning_rate"].value = jnp.asarray(lr, jnp.float32)
 
 
 @nnx.jit
@@ -157,6 +183,7 @@ class Backend:
             args.arch,
             init=args.init,
             rngs=nnx.Rngs(params=args.seed, dropout=args.seed),
+            dtype=jnp.bfloat16 if args.precision == "bfloat16" else None,  # computation; parameters stay float32
             **spec_kwargs(args, args.resize),
         )
         if args.cpu_workarounds:  # on a CPU only (docs in vgg_flax/xla_cpu.py)
@@ -169,6 +196,16 @@ class Backend:
         nnx.reseed(self.model, dropout=epoch_seed(self.seed, epoch))
         parallel.prepare(self.dp, self.model)  # the new key too
         self.model.train()
+
+    def set_lr(self, lr):
+        set_lr(self.optimizer, lr)
+
+    def canonical(self):
+        return weights.to_canonical(self.model)
+
+    def load_canonical(self, tensors):
+        weights.from_canonical(self.model, tensors)
+        parallel.prepare(self.dp, self.model)
 
     def train_step(self, x, y):
         return train_step(self.model, self.optimizer, *parallel.shard(self.dp, x, y.astype(np.int32)))

@@ -81,3 +81,24 @@ def save(model: nnx.Module, path, **metadata: str) -> None:
 
 def load(model: nnx.Module, path) -> nnx.Module:
     return from_canonical(model, load_weights(path)[0])
+
+
+def draw(args, path) -> None:
+    """The weights vgg_flax.train.Backend starts from: vgg(--init) with nnx.Rngs(params=--seed)."""
+    from common.cli import spec_kwargs
+    from vgg_flax.model import vgg
+
+    model = vgg(
+        args.arch, init=args.init, rngs=nnx.Rngs(params=args.seed, dropout=args.seed), **spec_kwargs(args, args.resize)
+    )
+    save(model, path, normalize=str(args.normalize))
+
+
+def main(argv=None):
+    from common.cli import draw_main
+
+    draw_main("vgg_flax.weights", argv, draw=draw)
+
+
+if __name__ == "__main__":
+    main()

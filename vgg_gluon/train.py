@@ -22,7 +22,8 @@ from mxnet import autograd, gluon
 
 from common import training
 from common.cli import main_guard, parse_train_args, spec_kwargs
-from common.errors import CheckpointError, reason
+from common.errors import CheckpointError, DeviceError, reason
+from common.recipe import decays
 
 loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()  # per example; mean over the batch via trainer.step
 
@@ -56,15 +57,50 @@ class Adam(mx.optimizer.Adam):
         super().update(index, weight, grad, state)
 
 
+class SGD(mx.optimizer.Optimizer):
+    """SGD with momentum as torch and optax define it: v = momentum * v + g; w -= lr * v, where
+    g = rescale_grad * grad + wd * w. MXNet's own SGD keeps m = momentum * m - lr * g; w += m, which
+    is m = -lr * v only while the learning rate stays the same: after a change its momentum still
+    carries the old rate (m = -lr_old * v), and the next update differs from torch's by
+    (lr_new - lr_old) * momentum * v. Warm-up, step, cosine and plateau schedules change the rate,
+    so the momentum here is torch's v, kept apart from the rate."""
+
+    def __init__(self, momentum=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = momentum
+
+    def create_state(self, index, weight):
+        return mx.nd.zeros(weight.shape, weight.context, dtype=weight.dtype) if self.momentum else None
+
+    def update(self, index, weight, grad, state):
+        self._update_count(index)
+        lr, wd = self._get_lr(index), self._get_wd(index)
+        g = grad * self.rescale_grad
+        if wd:
+            g += wd * weight
+        if state is not None:
+            state *= self.momentum
+            state += g
+            g = state
+        weight -= lr * g
+
+    def update_multi_precision(self, index, weight, grad, state):
+        self.update(index, weight, grad, state)
+
+
 def make_optimizer(net, args, kvstore=None):
     """A gluon.Trainer with the same update as vgg_torch.make_optimizer.
-    sgd: MXNet keeps m = momentum * m - lr * g; w += m, i.e. m = -lr * v of torch's
-    v = momentum * v + g; w -= lr * v. With a constant learning rate (the only kind here) the
-    two give the same weights. adam: see Adam above."""
+    sgd: torch's convention (SGD above). adam: see Adam above.
+    --weight-decay: Gluon's wd (g + wd * w before either, L2-in-gradient for Adam as torch's),
+    with param.wd_mult = 0 where common.recipe.decays says no (biases, batch norm) unless --decay-all."""
+    wd = args.weight_decay
     if args.optimizer == "sgd":
-        opt = mx.optimizer.SGD(learning_rate=args.lr, momentum=args.momentum, wd=0.0)
+        opt = SGD(learning_rate=args.lr, momentum=args.momentum, wd=wd)
     else:
-        opt = Adam(learning_rate=args.lr, beta1=0.9, beta2=0.999, epsilon=1e-8, wd=0.0)
+        opt = Adam(learning_rate=args.lr, beta1=0.9, beta2=0.999, epsilon=1e-8, wd=wd)
+    for name, p in weights.canonical_params(net).items():
+        if p.grad_req != "null":
+            p.wd_mult = 1.0 if decays(name, args.decay_all) else 0.0
     # One device: no kvstore. Several: the KVStore ('device', 'dist_sync') only sums the gradients and
     # each device updates its copy (update_on_kvstore=False), so the optimiser state stays here,
     # where trainer.save_states finds it whatever the number of devices.
@@ -102,7 +138,7 @@ def save_checkpoint(folder, net, trainer, epoch: int) -> None:
 _STATE_CLASSES = {
     ("builtins", "bytearray"),
     ("mxnet.ndarray.ndarray", "NDArray"),
-    ("mxnet.optimizer.optimizer", "SGD"),
+    ("vgg_gluon.train", "SGD"),
     ("vgg_gluon.train", "Adam"),
 }
 
@@ -182,6 +218,17 @@ class Backend:
         self.ctx, self.primary, self.shard = self.dp.devices, self.dp.primary, self.dp.shard
         self.device, self.seed, self.batch_size = self.dp.describe, args.seed, args.batch_size
         self.normalize = args.normalize
+        if args.precision == "bfloat16":
+            if any(c.device_type == "gpu" for c in self.ctx):
+                raise DeviceError(
+                    "--precision bfloat16: MXNet 1.9's AMP offers bfloat16 on the CPU only (oneDNN); use "
+                    "--device cpu, or float32 on a GPU"
+                )
+            from mxnet.contrib import amp
+
+            # before the network is built: AMP patches the operators to cast their inputs to bfloat16
+            # (convolutions, dense layers) or float32 (softmax, the loss); the parameters stay float32
+            amp.init(target_dtype="bfloat16")
         self.versions = {"mxnet": mx.__version__}
         # MXNet has no call that says how many OpenMP threads an operator uses; the environment decides
         self.threads = (
@@ -202,6 +249,15 @@ class Backend:
     def start_epoch(self, epoch):
         for i, c in enumerate(self.ctx):  # each device its own dropout masks
             mx.random.seed(epoch_seed(self.seed, epoch) + self.shard[0] * len(self.ctx) + i, ctx=c)
+
+    def set_lr(self, lr):
+        self.trainer.set_learning_rate(lr)
+
+    def canonical(self):
+        return weights.to_canonical(self.net)
+
+    def load_canonical(self, tensors):
+        weights.from_canonical(self.net, tensors)
 
     def train_step(self, x, y):
         # labels as float32: what SoftmaxCrossEntropyLoss and argmax's output compare with
@@ -241,7 +297,7 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # Run the importable copy of this file, not __main__: trainer.save_states pickles the
-    # optimiser, whose class must be found again as vgg_gluon.train.Adam.
+    # optimiser, whose class must be found again as vgg_gluon.train.SGD or .Adam.
     from vgg_gluon.train import main as importable_main
 
     importable_main()

@@ -21,10 +21,13 @@ def _canonical_name(name: str) -> str:
     return f"{layer}.{_RENAME.get(param, param)}"
 
 
-def _params(net: nn.Block):
-    # The structural names (`block1.bn1.gamma`) that save_parameters writes; collect_params()
-    # would give the global prefixes (`hybridsequential0_..._gamma`) instead.
+def canonical_params(net: nn.Block) -> dict:
+    """{canonical name: gluon.Parameter}. From the structural names (`block1.bn1.gamma`) that
+    save_parameters writes; collect_params() would give the global prefixes (`hybridsequential0_..._gamma`)."""
     return {_canonical_name(k): p for k, p in net._collect_params_with_prefix().items()}
+
+
+_params = canonical_params
 
 
 def to_canonical(net: nn.Block) -> dict[str, np.ndarray]:
@@ -50,3 +53,25 @@ def save(net: nn.Block, path, **metadata: str) -> None:
 
 def load(net: nn.Block, path, ctx=None) -> nn.Block:
     return from_canonical(net, load_weights(path)[0], ctx=ctx)
+
+
+def draw(args, path) -> None:
+    """The weights vgg_gluon.train.Backend starts from: mx.random.seed(--seed), vgg(--init), initialize()."""
+    from vgg_gluon.model import vgg
+
+    from common.cli import spec_kwargs
+
+    mx.random.seed(args.seed)
+    net = vgg(args.arch, init=args.init, **spec_kwargs(args, args.resize))
+    net.initialize(ctx=mx.cpu())
+    save(net, path, normalize=str(args.normalize))
+
+
+def main(argv=None):
+    from common.cli import draw_main
+
+    draw_main("vgg_gluon.weights", argv, draw=draw)
+
+
+if __name__ == "__main__":
+    main()

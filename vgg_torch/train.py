@@ -22,35 +22,59 @@ from safetensors.torch import load_file, save_file
 from common import training
 from common.cli import main_guard, parse_train_args, spec_kwargs
 from common.errors import CheckpointError, reason
+from common.recipe import decays
 from vgg_torch import parallel, weights
 from vgg_torch.model import count_parameters, vgg
 
 
-def train_step(net, optimizer, x, y):
+def train_step(net, optimizer, x, y, dtype=None):
     """One update on a batch already on the device; returns (summed loss, #correct) as
-    0-d tensors, not read back, so that a GPU can run ahead of Python."""
-    logits = net(x)
-    loss = F.cross_entropy(logits, y)  # the batch mean, as d2l
+    0-d tensors, not read back, so that a GPU can run ahead of Python. dtype (torch.bfloat16):
+    mixed precision, the forward pass under autocast (the loss in float32, as autocast runs
+    cross_entropy); the backward pass runs each op in its forward op's dtype."""
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)  # the batch mean, as d2l
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach() * len(y), (logits.argmax(1) == y).sum()
 
 
-def make_optimizer(net, args):
+def param_groups(net, weight_decay: float, decay_all: bool = False) -> list[dict]:
+    """--weight-decay on the parameters that common.recipe.decays names (conv and dense weights),
+    none on the others (biases, batch-norm scales and shifts): two param groups."""
+    named = list(net.named_parameters())
+    decayed = [p for n, p in named if decays(n, decay_all)]
+    rest = [p for n, p in named if not decays(n, decay_all)]
+    groups = ({"params": decayed, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(net, config):
     """sgd: v = momentum * v + g; w -= lr * v (torch's convention, optax's too).
-    adam: betas (0.9, 0.999), eps 1e-8 added to the bias-corrected sqrt(v). No weight decay."""
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
+    adam: betas (0.9, 0.999), eps 1e-8 added to the bias-corrected sqrt(v).
+    --weight-decay: g + wd * w before either (torch's weight_decay; for Adam L2-in-gradient, not AdamW),
+    on conv and dense weights only unless --decay-all (param_groups)."""
+    groups = param_groups(net, config.weight_decay, config.decay_all)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     # fused: one kernel over all parameters (the CPU preset's step 487-588 -> 720-807 ex/s; benchmarks/README.md)
-    return torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    return torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
 
 
-def evaluate(net, loader, device) -> float:
-    """Accuracy over the whole loader in inference mode (dropout off, batch-norm running statistics)."""
+def set_lr(optimizer, lr: float) -> None:
+    """The learning rate of the next step, in every param group (common.recipe.learning_rate)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def evaluate(net, loader, device, dtype=None) -> float:
+    """Accuracy over the whole loader in inference mode (dropout off, batch-norm running statistics),
+    under autocast to dtype if one is given (--precision bfloat16), as training."""
     net.eval()
     correct = total = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         for x, y, valid in training.padded_batches(loader):
             pred = net(torch.from_numpy(x).to(device, non_blocking=True)).argmax(1)[:valid].cpu().numpy()
             correct += int((pred == y).sum())
@@ -118,6 +142,7 @@ class Backend:
         self.dp = parallel.setup(args)  # under torchrun: this process's rank and device
         self.dev, self.primary, self.shard = self.dp.devices[0], self.dp.primary, self.dp.shard
         self.device, self.seed, self.normalize = self.dp.describe, args.seed, args.normalize
+        self.dtype = torch.bfloat16 if args.precision == "bfloat16" else None  # autocast's; the weights stay float32
         self.versions = {"torch": torch.__version__}
         self.threads = f"torch.get_num_threads() = {torch.get_num_threads()}"
         torch.manual_seed(args.seed)
@@ -137,15 +162,24 @@ class Backend:
         torch.manual_seed(epoch_seed(self.seed, epoch) + self.shard[0])  # each process its own dropout masks
         self.net.train()
 
+    def set_lr(self, lr):
+        set_lr(self.optimizer, lr)
+
+    def canonical(self):
+        return weights.to_canonical(self.net)
+
+    def load_canonical(self, tensors):
+        weights.from_canonical(self.net, tensors)
+
     def train_step(self, x, y):
-        return train_step(self.model, self.optimizer, *parallel.shard(self.dp, x, y))
+        return train_step(self.model, self.optimizer, *parallel.shard(self.dp, x, y), self.dtype)
 
     def fetch(self, out):
         loss, correct = parallel.total(*out)  # over every process's part of the global batch
         return loss, round(correct)
 
     def evaluate(self, loader):
-        return evaluate(self.model, loader, self.dev)
+        return evaluate(self.model, loader, self.dev, self.dtype)
 
     def save_checkpoint(self, folder, epoch):
         save_checkpoint(folder, self.net, self.optimizer, epoch)

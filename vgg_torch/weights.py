@@ -76,3 +76,22 @@ def from_torchvision(state_dict, arch="vgg11") -> dict[str, np.ndarray]:
             value.detach().cpu().float() if torch.is_tensor(value) else value, dtype=np.float32
         )
     return out
+
+
+def draw(args, path) -> None:
+    """The weights vgg_torch.train.Backend starts from: torch.manual_seed(--seed), then vgg(--init)."""
+    from common.cli import spec_kwargs
+    from vgg_torch.model import vgg
+
+    torch.manual_seed(args.seed)
+    save(vgg(args.arch, init=args.init, **spec_kwargs(args, args.resize)), path, normalize=str(args.normalize))
+
+
+def main(argv=None):
+    from common.cli import draw_main
+
+    draw_main("vgg_torch.weights", argv, draw=draw)
+
+
+if __name__ == "__main__":
+    main()
