@@ -176,8 +176,13 @@ def test_compare_reports_three_frameworks(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert [row["framework"] for row in report["rows"]] == FRAMEWORKS
     assert all(row["status"] == "finished" and row["parameters"] == 445_482 for row in report["rows"])
-    table = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| ")]
-    assert len(table) == 4 and "examples/s" in table[0]
+    speed, accuracy = [
+        [line for line in block.splitlines() if line.startswith("| ")]
+        for block in (tmp_path / "report.md").read_text().split("\n\n")
+        if block.startswith("| ")
+    ]
+    assert len(speed) == 4 and "examples/s" in speed[0]  # a header and a row per framework, in each table
+    assert len(accuracy) == 4 and "best test acc" in accuracy[0] and accuracy[1].startswith("| torch | 1 |")
     assert "| torch | 445,482 |" in r.stdout
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
     for fw in FRAMEWORKS:

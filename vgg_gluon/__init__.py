@@ -40,8 +40,8 @@ for _name, _value in (
     ("product", np.prod),
     *((_fin, None) for _fin in ("mirr", "npv", "pmt", "ppmt", "pv", "rate")),  # NEP 32 stubs (1.20-1.26), same file
 ):
-    with warnings.catch_warnings():  # NumPy 1.26 warns when asked whether `np.bool` exists
-        warnings.simplefilter("ignore", FutureWarning)
+    with warnings.catch_warnings():  # NumPy 1.26 warns when asked whether `np.bool` or `np.pv` exists
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
         missing = not hasattr(np, _name)
     if missing:
         setattr(np, _name, _value if _value is not None else _removed(_name))
