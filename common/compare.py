@@ -56,8 +56,8 @@ def child_argv(args, parser: argparse.ArgumentParser) -> list[str]:
         v, flag = getattr(args, a.dest), next(s for s in a.option_strings if s.startswith("--"))
         if isinstance(a, argparse.BooleanOptionalAction):
             argv += [] if v is None else [flag if v else "--no-" + flag[2:]]
-        elif a.nargs == 0:  # store_true
-            argv += [flag] if v else []
+        elif a.nargs == 0:  # store_true, or store_false (--no-cpu-workarounds): the flag when v is not its default
+            argv += [flag] if v != a.default else []
         elif v is not None:
             argv.append(f"{flag}={v}")  # '=' keeps values such as '((1, 64), ...)' one argument
     return argv

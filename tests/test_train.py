@@ -189,6 +189,27 @@ def test_compare_reports_three_frameworks(tmp_path):
         assert (tmp_path / fw / "metrics.json").is_file()
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [
+        [],
+        ["--no-cpu-workarounds", "--preset", "cpu", "--scale-classifier"],
+        ["--preset", "paper", "--no-augment", "--init-from", "w.safetensors", "--init-partial"],
+    ],
+)
+def test_compare_passes_every_flag_on_unchanged(flags):
+    """What each framework's child process parses is what common.compare parsed, flag by flag
+    (a store_false flag such as --no-cpu-workarounds included, and presets spelled out)."""
+    from common.cli import parse_train_args, train_parser
+
+    args = parse_train_args(flags)
+    child = parse_train_args(compare.child_argv(args, train_parser("", "")))
+    skip = compare.NOT_PASSED | {"preset"}
+    assert {k: v for k, v in vars(child).items() if k not in skip} == {
+        k: v for k, v in vars(args).items() if k not in skip
+    }
+
+
 def test_compare_reports_a_failing_framework(tmp_path, monkeypatch):
     monkeypatch.setitem(compare.FRAMEWORKS, "broken", "common.no_such_module")
     row = compare.run_one("broken", [], tmp_path / "broken")
