@@ -48,13 +48,10 @@ class VGGBlock(nnx.Module):
         conv_init, _ = _initializers(init)
         self.num_convs, self.batch_norm, self.lrn = len(kernel_sizes), batch_norm, lrn
         for j, k in enumerate(kernel_sizes, 1):
-            setattr(
-                self,
-                f"conv{j}",
-                nnx.Conv(
-                    in_channels, out_channels, (k, k), padding="SAME", kernel_init=conv_init, dtype=dtype, rngs=rngs
-                ),
+            conv = nnx.Conv(
+                in_channels, out_channels, (k, k), padding="SAME", kernel_init=conv_init, dtype=dtype, rngs=rngs
             )
+            setattr(self, f"conv{j}", conv)
             if batch_norm:  # momentum and epsilon as torch's and Gluon's defaults
                 setattr(self, f"bn{j}", nnx.BatchNorm(out_channels, momentum=0.9, epsilon=1e-5, rngs=rngs))
             in_channels = out_channels
@@ -71,30 +68,11 @@ class VGGBlock(nnx.Module):
         return self.pool(x)
 
 
-def vgg_block(
-    num_convs,
-    out_channels,
-    in_channels,
-    *,
-    kernel_sizes=None,
-    batch_norm=False,
-    lrn=False,
-    init="xavier",
-    dtype=None,
-    rngs: nnx.Rngs,
-):
-    """`num_convs` convolutions (3x3, 'same' padding) with ReLU, then a 2x2 max-pool.
-    dtype: the convolutions' computation dtype (jnp.bfloat16: mixed precision); parameters stay float32."""
-    return VGGBlock(
-        kernel_sizes or (3,) * num_convs,
-        out_channels,
-        in_channels,
-        batch_norm=batch_norm,
-        lrn=lrn,
-        init=init,
-        dtype=dtype,
-        rngs=rngs,
-    )
+def vgg_block(num_convs, out_channels, in_channels, *, kernel_sizes=None, **options) -> VGGBlock:
+    """`num_convs` convolutions (3x3, 'same' padding) with ReLU, then a 2x2 max-pool. options: VGGBlock's
+    batch_norm, lrn, init, dtype (the computation's: jnp.bfloat16 for mixed precision; parameters stay
+    float32) and rngs."""
+    return VGGBlock(kernel_sizes or (3,) * num_convs, out_channels, in_channels, **options)
 
 
 class VGG(nnx.Module):
