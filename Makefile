@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # The side-by-side training run: the CPU preset (VGG-11/4 at 32 px, one epoch, about 4 minutes
-# for the three on 2 cores) in PyTorch, Gluon and Flax, one after another; report in runs/compare/.
+# for the three on 2 cores) in PyTorch, Gluon and Flax, one after another, from the same initial
+# weights; report in runs/compare/
 # ARGS come last, so they win (e.g. ARGS='--max-steps 100' for a quick look).
 # Fashion-MNIST from ../shared/fashion-mnist where it is (development machines, CI); elsewhere
 # the loader downloads it (or falls back to its bundled sample, and says so).

@@ -7,13 +7,14 @@ the examples/s are comparable. Each gets the same resolved flags and writes into
 then this writes <out>/report.md, report.json and report.png (the three frameworks' curves).
 A framework that fails is reported as failed, with its last error line; the others' results stay.
 
---same-init: one set of initial weights is drawn once, from --seed and --init, by PyTorch
-(`python -m vgg_torch.weights --draw <out>/init.safetensors`), and every framework starts from it
-(--init-from). Any of the three could draw it (the canonical format reads into each); PyTorch does
-because the canonical layout is its own (the file is its state_dict as is, nothing transposed) and
-the other two frameworks' initialisers are written to match its distributions. Then the three
-differ only by their arithmetic: the report's third panel shows the largest difference between
-two frameworks' training loss at each step.
+The same start (the default; --no-same-init turns it off): one set of initial weights is drawn
+once, from --seed and --init, by PyTorch (`python -m vgg_torch.weights --draw <out>/init.safetensors`),
+and every framework starts from it (--init-from; a file given with --init-from is used instead).
+Any of the three could draw it (the canonical format reads into each); PyTorch does because the
+canonical layout is its own (the file is its state_dict as is, nothing transposed) and the other
+two frameworks' initialisers are written to match its distributions. Then the three differ only
+by their arithmetic: the report's third panel shows the largest difference between two
+frameworks' training loss at each step.
 """
 
 from __future__ import annotations
@@ -306,10 +307,12 @@ def main(argv=None):
         )
         p.add_argument(
             "--same-init",
-            action="store_true",
+            action=argparse.BooleanOptionalAction,
+            default=True,
             help="draw the initial weights once (PyTorch, from --seed and --init), write them to "
             "<out>/init.safetensors and start every framework from them (--init-from), so that "
-            "the three differ only by their arithmetic. Without it each framework draws its own",
+            "the three differ only by their arithmetic (default; with --init-from FILE, that file is "
+            "the common start). --no-same-init: each framework draws its own with its own generator",
         )
         p.add_argument(
             "--concurrently",
@@ -346,9 +349,8 @@ def main(argv=None):
         write_report(out, rows, argv_child, init, "drawn once" in init)
         return
     init = "each framework draws its own initial weights (--init, --seed) with its own random generator"
-    if args.same_init:
-        if args.init_from:
-            fail("--same-init draws the initial weights, --init-from gives them: use one of the two")
+    same_init = args.same_init and not args.init_from
+    if same_init:
         init_path = out / "init.safetensors"
         drawn = subprocess.run(
             [sys.executable, "-m", f"vgg_{DRAWS}.weights", f"--draw={init_path}", *argv_child],
@@ -379,7 +381,7 @@ def main(argv=None):
     else:
         rows = [run_one(f, argv_child, out / f) for f in frameworks]
 
-    write_report(out, rows, argv_child, init, bool(args.same_init))
+    write_report(out, rows, argv_child, init, same_init)
     if any(r["status"] != "finished" for r in rows):
         raise SystemExit(1)
 

@@ -176,6 +176,7 @@ def test_compare_reports_three_frameworks(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert [row["framework"] for row in report["rows"]] == FRAMEWORKS
     assert all(row["status"] == "finished" and row["parameters"] == 445_482 for row in report["rows"])
+    assert report["same_init"] and (tmp_path / "init.safetensors").is_file()  # the default: one start for all
     speed, accuracy = [
         [line for line in block.splitlines() if line.startswith("| ")]
         for block in (tmp_path / "report.md").read_text().split("\n\n")
