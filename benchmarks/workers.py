@@ -8,10 +8,10 @@ is exactly a training run's step (`Backend.train_step` on the loader's NumPy bat
 only calls the same module-level `train_step` on a batch already on the device. The peers are
 put into that same Backend in place of the project's model (its optimiser rebuilt for them).
 
-Inference is the model's forward pass and argmax, its result left on the device until `wait`,
-as `timed` needs to launch step i+1 before it waits for step i; `vgg_X.train.predict` (what the
-training's evaluation and the evaluate command call) copies each batch's logits back at once, so
-the runners here call the model as it does but do not call it.
+Inference is the model's forward pass and argmax, left on the device until `wait`: `timed`
+launches step i+1 before it waits for step i. `vgg_X.train.predict` (what the training's
+evaluation and the evaluate command call) copies each batch's logits back at once, which would
+end that overlap, so the runners call the model as it does instead of calling it.
 """
 
 from __future__ import annotations
