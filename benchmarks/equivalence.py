@@ -21,17 +21,19 @@ import time
 from pathlib import Path
 
 import vgg_gluon.model  # noqa: F401  (before mxnet: restores np.bool)
+import vgg_gluon.train
 import vgg_gluon.weights
 
 import jax
 import mxnet as mx
 import numpy as np
 import torch
-from flax import nnx
 
 import vgg_flax.model
+import vgg_flax.train
 import vgg_flax.weights
 import vgg_torch.model
+import vgg_torch.train
 import vgg_torch.weights
 from common.arch import make_spec
 from common.data import DataError, Loader, load_fashion_mnist
@@ -58,17 +60,19 @@ def torch_weights(spec, train_images):
 
 
 def logits(spec, tensors, x):
+    """Each framework's vgg_X.train.predict (what training's evaluation and the evaluate command
+    call), and PyTorch in float64."""
     out = {}
     t = vgg_torch.weights.from_canonical(vgg_torch.model.vgg(spec), tensors).eval()
+    out["torch"] = vgg_torch.train.predict(t, x, torch.device("cpu"))
     with torch.no_grad():
-        out["torch"] = t(torch.from_numpy(x)).numpy()
         reference = t.double()(torch.from_numpy(x).double()).numpy()
     g = vgg_gluon.weights.from_canonical(vgg_gluon.model.vgg(spec), tensors)
     g.hybridize()
-    out["gluon"] = g(mx.nd.array(x)).asnumpy()
+    out["gluon"] = vgg_gluon.train.predict(g, x, mx.cpu())
     f = vgg_flax.weights.from_canonical(vgg_flax.model.vgg(spec), tensors)
     f.eval()
-    out["flax"] = np.asarray(nnx.jit(lambda m, v: m(v))(f, np.transpose(x, (0, 2, 3, 1))))
+    out["flax"] = vgg_flax.train.predict(f, x, jax.devices()[0])
     return out, reference
 
 

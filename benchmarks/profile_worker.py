@@ -204,11 +204,12 @@ def flax_rows(model):
 
 def flax_layers(r, x_nchw, repeat, clock):
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
+    from vgg_flax.model import to_nhwc
+
     model = r.b.model
-    x = jnp.transpose(x_nchw, (0, 2, 3, 1))  # NHWC inside, as vgg_flax.train_step
+    x = to_nhwc(x_nchw)  # NHWC inside, as vgg_flax.train_step
     out = []
     key = jax.random.key(0)
     for k, (name, owned, fn) in enumerate(flax_rows(model)):

@@ -7,6 +7,11 @@ thread). Each runner builds the train script's own `Backend` (vgg_X.train), so t
 is exactly a training run's step (`Backend.train_step` on the loader's NumPy batch), and compute
 only calls the same module-level `train_step` on a batch already on the device. The peers are
 put into that same Backend in place of the project's model (its optimiser rebuilt for them).
+
+Inference is the model's forward pass and argmax, left on the device until `wait`: `timed`
+launches step i+1 before it waits for step i. `vgg_X.train.predict` (what the training's
+evaluation and the evaluate command call) copies each batch's logits back at once, which would
+end that overlap, so the runners call the model as it does instead of calling it.
 """
 
 from __future__ import annotations
@@ -122,7 +127,7 @@ class Torch:
         with self.autocast():
             return self.b.train_step(x, y)
 
-    def predict(self, x):
+    def predict(self, x):  # as vgg_torch.train.predict, left on the device (see the module's docstring)
         with self.torch.inference_mode(), self.autocast():
             return self.b.model(x).argmax(1)
 
@@ -223,7 +228,7 @@ class Gluon:
     def train_step_host(self, x, y):
         return self.b.train_step(x, y)
 
-    def predict(self, xs):
+    def predict(self, xs):  # as vgg_gluon.train.predict, left on the devices (see the module's docstring)
         return [self.b.net(x).argmax(axis=1) for x in xs]
 
     def predict_host(self, x):
@@ -255,7 +260,7 @@ def gluon_zoo_vgg(spec):
 
 
 class Flax:
-    """vgg_flax.train.Backend (nnx.jit train step and predict; NCHW in, NHWC inside)."""
+    """vgg_flax.train.Backend (nnx.jit train step and forward pass; NCHW in, NHWC inside)."""
 
     def __init__(self, cfg, size, peer=False):
         import flax
@@ -310,8 +315,8 @@ class Flax:
     def train_step_host(self, x, y):
         return self.b.train_step(x, y)
 
-    def predict(self, x):
-        return self.F.predict(self.b.model, x)
+    def predict(self, x):  # vgg_flax.train.predict's compiled forward, left on the device (see the module's docstring)
+        return self.F.forward(self.b.model, x).argmax(-1)
 
     def predict_host(self, x):
         return self.predict(*self.parallel.shard(self.b.dp, x))

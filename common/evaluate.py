@@ -3,8 +3,9 @@ accuracy of canonical weights (common.weights), whichever framework wrote them.
 
 The flags, the checks and the report are defined once here; each framework's evaluate.py
 supplies `load_model(spec, tensors, device, cpu_workarounds=...)` (the last for Flax's
-vgg_flax.xla_cpu; the other two ignore it) and `predict(net, x, device)`: the predicted classes of
-one NCHW NumPy batch, as a NumPy array.
+vgg_flax.xla_cpu; the other two ignore it), `pick_device(requested)` (the train command's rule,
+common.training.pick_device) and `predict(net, x, device)`: the logits of one NCHW NumPy batch,
+as a NumPy array (vgg_X.train.predict, which the training's evaluation calls too).
 No framework is imported here.
 """
 
@@ -68,7 +69,7 @@ def evaluate_main(prog: str, argv, *, framework: str, pick_device, load_model, p
     loader = Loader(
         data.test_images, data.test_labels, batch_size=args.batch_size, resize=h, shuffle=False, normalize=normalize
     )
-    acc = accuracy(lambda x: predict(net, x, device), loader)
+    acc = accuracy(lambda x: predict(net, x, device).argmax(1), loader)
     print(
         f"{framework} on {device}: {spec.name} ({h}x{h} px{', normalised' if normalize else ''}) "
         f"from {args.weights} (saved by {metadata.get('framework', 'unknown')})"

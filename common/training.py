@@ -1,28 +1,17 @@
 """The training loop and its reports, shared by the three frameworks (one loop, one small backend
 object per framework). No framework is imported here.
 
-A backend (`vgg_torch.train.Backend`, `vgg_gluon.train.Backend`, `vgg_flax.train.Backend`)
-owns the model, the optimiser and the device, and offers:
+`Backend` below is the contract, in code: each framework's `vgg_X.train.Backend` owns the model,
+the optimiser and the device and implements every member it declares; `run` reads nothing else.
+The split follows Keras 3, which declares its trainer's methods once (keras/src/trainers/trainer.py)
+and implements them per backend (keras/src/backend/{torch,jax}/trainer.py). Keras shares that
+contract and the callbacks, and each backend keeps its own fit loop; here the loop itself is shared
+too, so a backend is only the few calls a loop makes into a framework.
 
-    framework, device, versions, parameters, threads      what the reports print
-    primary, shard            (optional) data parallelism: only the primary process prints and writes;
-                              it trains on part shard[0] of shard[1] of each global batch, and
-                              fetch and evaluate return totals over all parts
-    start_epoch(epoch)        training mode; reseed dropout from (seed, epoch)
-    set_lr(lr)                the learning rate of the next step (common.recipe.learning_rate)
-    canonical() / load_canonical(tensors)   the model's weights as canonical NumPy tensors, and back
-                              (vgg_X.weights.to_canonical / from_canonical): --init-from
-    train_step(x, y)          one update on a NumPy NCHW batch; returns device scalars
-                              (summed loss, #correct), left unread so the device can run ahead
-    fetch(out)                -> (float loss_sum, int correct): waits for that step
-    evaluate(loader)          -> accuracy over the whole loader, in inference mode
-    save_checkpoint(folder, epoch) / load_checkpoint(folder) -> epoch
-    export(path)              the weights alone, canonical safetensors (vgg_X.weights.save)
-
-`run(config, backend_factory)` does the rest: data, epochs, progress bars, the d2l epoch
-line, metrics.json, the PNG, checkpoints, NaN detection, --resume, the lock on --out and
-Ctrl-C. It raises typed errors (RunError and its kinds below, DataError, ArchError) with the
-message a user needs; only the command line (`common.cli.main_guard`) turns them into exit codes.
+`run(config, vgg_X.train.Backend)` does the rest: data, epochs, progress bars, the d2l epoch line,
+metrics.json, the PNG, checkpoints, NaN detection, --resume, the lock on --out and Ctrl-C. It
+raises typed errors (RunError and its kinds below, DataError, ArchError) with the message a user
+needs; only the command line (`common.cli.main_guard`) turns them into exit codes.
 
 Reports, in --out (default runs/<framework>/):
     metrics.json    config, data set, device, versions, one entry per epoch, d2l-style points
@@ -54,6 +43,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 from tqdm import tqdm
@@ -164,6 +154,76 @@ class TrainConfig:
         )
 
 
+@runtime_checkable
+class Backend(Protocol):
+    """What `run` drives, one per framework (vgg_torch.train.Backend, vgg_gluon.train.Backend,
+    vgg_flax.train.Backend), built as `Backend(config)`. Batches are the loader's NumPy NCHW float32
+    images and int64 labels. Data parallelism: each process builds one; only the primary prints and
+    writes, each trains on part shard[0] of shard[1] of every global batch, and fetch and evaluate
+    return totals over all parts."""
+
+    framework: ClassVar[str]
+    """'torch', 'gluon' or 'flax': metrics.json's "framework" and the default --out, runs/<framework>."""
+    device: str
+    """Where it runs, for the reports (e.g. 'cuda:0', 'cpu:0 x2 (jax.sharding mesh)')."""
+    versions: dict[str, str]
+    """The framework's package versions, for the reports (e.g. {'torch': '2.14.1'})."""
+    parameters: int
+    """The model's trainable parameter count."""
+    threads: str
+    """How many threads the framework computes on, and what set that, for the reports."""
+    primary: bool
+    """True in the one process that prints and writes the run's files (every process, on one device)."""
+    shard: tuple[int, int]
+    """(this process's part, parts): the loaders' shard of every global batch ((0, 1): the whole batch)."""
+
+    def start_epoch(self, epoch: int) -> None:
+        """Training mode, and dropout reseeded from (config.seed, epoch) alone (epoch_seed)."""
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next train_step (common.recipe.learning_rate)."""
+
+    def canonical(self) -> dict[str, np.ndarray]:
+        """The model's weights as canonical NumPy tensors (vgg_X.weights.to_canonical)."""
+
+    def load_canonical(self, tensors: dict[str, np.ndarray]) -> None:
+        """Set the model's weights from canonical tensors, every name and shape checked (--init-from)."""
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> object:
+        """One update on this process's part of a batch; returns its (summed loss, #correct) unread on the device."""
+
+    def fetch(self, out: object) -> tuple[float, int]:
+        """Wait for a train_step's result: (summed loss, #correct) over every process's part."""
+
+    def evaluate(self, loader: Loader) -> float:
+        """Accuracy over the whole loader in inference mode, over every process's part."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Float32 NumPy logits of an NCHW batch in inference mode (vgg_X.train.predict; this process's rows)."""
+
+    def save_checkpoint(self, folder: Path, epoch: int) -> None:
+        """Write model, optimiser and RNG state into the (empty, temporary) folder; Run renames it into place."""
+
+    def load_checkpoint(self, folder: Path) -> int:
+        """Restore what save_checkpoint wrote and return its epoch; CheckpointError if it does not fit."""
+
+    def export(self, path: Path) -> None:
+        """The weights alone as canonical safetensors (vgg_X.weights.save): model.safetensors."""
+
+
+def backend_members() -> tuple[str, ...]:
+    """Every member that the Backend protocol declares: its attributes, then its methods."""
+    methods = [n for n, v in vars(Backend).items() if callable(v) and not n.startswith("_")]
+    return (*Backend.__annotations__, *methods)
+
+
+def check_backend(backend) -> None:
+    """TypeError naming what `backend` lacks of the Backend protocol (no member has a default)."""
+    missing = [n for n in backend_members() if not hasattr(backend, n)]
+    if missing:
+        raise TypeError(f"{type(backend).__name__} is not a common.training.Backend: it lacks {', '.join(missing)}")
+
+
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for reuse instead of unmapping every block above 32 MiB
     (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD -1): 224 px training no longer faults in fresh pages
@@ -203,6 +263,13 @@ def pick_device(requested: str, gpu_visible: bool, framework: str) -> bool:
             f"--device gpu: no GPU is visible to {framework}. Install its GPU build (docs/gpus.md) or use --device cpu"
         )
     return requested != "cpu" and gpu_visible
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Dropout's randomness in epoch e depends on (seed, e) alone, so a resumed run draws what an
+    uninterrupted one would have (MXNet cannot export its RNG state: reseeding at each epoch start
+    is what makes its resumed runs exact). The same rule in the three frameworks."""
+    return int(np.random.default_rng((seed, epoch, 1)).integers(2**31))
 
 
 def epoch_line(e: dict) -> str:
@@ -393,7 +460,7 @@ class Run:
                 found.append((int(folder.name[16:]), folder))
         return sorted(found, reverse=True), problem, None
 
-    def restore(self, backend, candidates, say) -> int:
+    def restore(self, backend: Backend, candidates, say) -> int:
         """Load the first checkpoint of `candidates` that loads; says which when it is not the first."""
         problems = []
         for _, folder in candidates:
@@ -417,7 +484,7 @@ class Run:
         )
 
     # -- writing
-    def save_checkpoint(self, backend, epoch: int) -> None:
+    def save_checkpoint(self, backend: Backend, epoch: int) -> None:
         """Written into a temp folder, renamed into place, then checkpoint.json (written atomically)
         is switched to it, then folders other than it and the one before it go. A kill at any
         moment leaves checkpoint.json pointing at a whole checkpoint: a folder is pointed to only
@@ -447,7 +514,7 @@ class Run:
             if old not in keep:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def export(self, backend) -> None:
+    def export(self, backend: Backend) -> None:
         """The weights alone, in the neutral format that every framework's evaluate reads."""
         if self.writes:
             backend.export(self.model_path)
@@ -529,7 +596,7 @@ def _resume(files: Run, config: TrainConfig, framework: str):
     return old, candidates, problem
 
 
-def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metrics: dict, lr_at=None):
+def train_epoch(backend: Backend, loader: Loader, epoch: int, steps: int, progress, metrics: dict, lr_at=None):
     """One epoch; returns (loss, train acc, examples, examples/s, seconds) or raises FloatingPointError;
     a KeyboardInterrupt comes out saying the epoch and step. examples/s leaves out the first step,
     which in Flax, Gluon and torch.compile includes compiling. lr_at(k): the learning rate of the
@@ -585,7 +652,7 @@ def train_epoch(backend, loader: Loader, epoch: int, steps: int, progress, metri
     return loss_sum / seen, correct / seen, seen, (seen - n0) / (end - t0), end - start
 
 
-def _init_from(config: TrainConfig, backend, say) -> None:
+def _init_from(config: TrainConfig, backend: Backend, say) -> None:
     """--init-from FILE [--init-partial]: the model starts from the file's weights (common.recipe.start_from).
     Raises WeightsError for a file that does not fit."""
     tensors, copied, drawn = start_from(config.init_from, backend.canonical(), config.init_partial)
@@ -603,7 +670,7 @@ def _init_from(config: TrainConfig, backend, say) -> None:
 class _Started:
     """What start-up hands to the epoch loop."""
 
-    backend: object
+    backend: Backend
     files: Run
     metrics: dict
     say: object
@@ -614,7 +681,7 @@ class _Started:
     progress: bool
 
 
-def _start(config: TrainConfig, make_backend, files: Run) -> _Started:
+def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Started:
     """Everything before the first step: --out, the checks of --resume or of a fresh run, the data,
     the backend, the lock, the checkpoint, the header lines and the loaders."""
     framework = make_backend.framework
@@ -631,7 +698,8 @@ def _start(config: TrainConfig, make_backend, files: Run) -> _Started:
         )
     files.where = "start-up (building the model)"
     backend = make_backend(config)
-    files.writes = getattr(backend, "primary", True)  # data parallel: the first process prints and writes for all
+    check_backend(backend)
+    files.writes = backend.primary  # data parallel: the first process prints and writes for all
     say = print if files.writes else (lambda *a, **k: None)
     files.claim()
     old, held = None, None
@@ -683,7 +751,7 @@ def _start(config: TrainConfig, make_backend, files: Run) -> _Started:
     if first >= config.epochs:
         say(f"nothing to do: {files.out} already holds {first} epochs (ask for more with --epochs)")
 
-    shard = getattr(backend, "shard", (0, 1))  # data parallel: this process's part of each global batch
+    shard = backend.shard  # data parallel: this process's part of each global batch
     train = Loader(
         data.train_images,
         data.train_labels,
@@ -765,9 +833,10 @@ def _epochs(config: TrainConfig, s: _Started) -> dict:
     return metrics
 
 
-def run(config: TrainConfig, make_backend) -> dict:
-    """Train `make_backend(config)` as the config says; returns the final metrics. Holds the lock on
-    --out for the run's whole life. Raises RunError (or one of its kinds), DataError or ArchError."""
+def run(config: TrainConfig, make_backend: type[Backend]) -> dict:
+    """Train `make_backend(config)` (a vgg_X.train.Backend) as the config says; returns the final
+    metrics. Holds the lock on --out for the run's whole life. Raises RunError (or one of its
+    kinds), DataError or ArchError."""
     keep_freed_memory()
     files = Run(config.out or Path("runs") / make_backend.framework)
     try:

@@ -2,7 +2,8 @@
 
 Each adapter builds a model without allocating where its framework allows
 (torch's meta device, Gluon before `initialize`, `nnx.eval_shape`), and reports
-shapes in NCHW so that they compare with `common.arch` directly.
+shapes in NCHW so that they compare with `common.arch` directly. Logits come from
+`vgg_X.train.predict`, the function that training's evaluation and the evaluate command call.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class Torch:
         import torch
 
         import vgg_torch.model as m
+        import vgg_torch.train as t
 
-        self.torch, self.m = torch, m
+        self.torch, self.m, self.t = torch, m, t
 
     def abstract(self, arch, **kw):
         with self.torch.device("meta"):
@@ -54,9 +56,7 @@ class Torch:
 
     def logits(self, arch, x_nchw, **kw):
         self.torch.manual_seed(0)
-        net = self.m.vgg(arch, **kw).eval()
-        with self.torch.no_grad():
-            return net(self.torch.from_numpy(x_nchw)).numpy()
+        return self.t.predict(self.m.vgg(arch, **kw).eval(), x_nchw, self.torch.device("cpu"))
 
     def params(self, arch, **kw):
         self.torch.manual_seed(0)
@@ -75,8 +75,7 @@ class Torch:
 
     def infer(self, net, x_nchw):
         net.eval()
-        with self.torch.no_grad():
-            return net(self.torch.from_numpy(x_nchw)).numpy()
+        return self.t.predict(net, x_nchw, self.torch.device("cpu"))
 
     def _loss(self, net, x_nchw, y):
         net.train()  # batch norm on batch statistics; the tests set dropout to 0
@@ -102,10 +101,11 @@ class Gluon:
 
     def __init__(self):
         import vgg_gluon.model as m  # first: vgg_gluon restores np.bool before mxnet is imported
+        import vgg_gluon.train as t
 
         import mxnet as mx
 
-        self.mx, self.m = mx, m
+        self.mx, self.m, self.t = mx, m, t
 
     def abstract(self, arch, **kw):
         return self.m.vgg(arch, **kw)  # shapes are known before initialize()
@@ -120,7 +120,7 @@ class Gluon:
         net = self.m.vgg(arch, **kw)
         net.initialize(ctx=self.mx.cpu())
         net.hybridize()
-        return net(self.mx.nd.array(x_nchw)).asnumpy()  # outside autograd.record(): inference mode
+        return self.t.predict(net, x_nchw, self.mx.cpu())
 
     def params(self, arch, **kw):
         net = self.m.vgg(arch, **kw)
@@ -140,7 +140,7 @@ class Gluon:
         return w
 
     def infer(self, net, x_nchw):
-        return net(self.mx.nd.array(x_nchw)).asnumpy()  # outside autograd.record(): inference mode
+        return self.t.predict(net, x_nchw, self.mx.cpu())
 
     def loss_grads(self, net, x_nchw, y):
         from mxnet import autograd, gluon
@@ -169,11 +169,14 @@ class Flax:
     name = "flax"
 
     def __init__(self):
+        import jax
         from flax import nnx
 
         import vgg_flax.model as m
+        import vgg_flax.train as t
 
-        self.nnx, self.m = nnx, m
+        self.nnx, self.m, self.t = nnx, m, t
+        self.device = jax.devices()[0]  # the default device, where models are built
 
     def abstract(self, arch, **kw):
         return self.nnx.eval_shape(lambda: self.m.vgg(arch, **kw))
@@ -187,7 +190,7 @@ class Flax:
     def logits(self, arch, x_nchw, **kw):
         model = self.m.vgg(arch, **kw)
         model.eval()
-        return np.asarray(model(np.transpose(x_nchw, (0, 2, 3, 1))))
+        return self.t.predict(model, x_nchw, self.device)
 
     def params(self, arch, **kw):
         state = self.nnx.state(self.m.vgg(arch, **kw), (self.nnx.Param, self.nnx.BatchStat))
@@ -204,12 +207,12 @@ class Flax:
 
     def infer(self, model, x_nchw):
         model.eval()
-        return np.asarray(model(np.transpose(x_nchw, (0, 2, 3, 1))))
+        return self.t.predict(model, x_nchw, self.device)
 
     def _value_and_grad(self, model, x_nchw, y):
         import optax
 
-        x = np.transpose(x_nchw, (0, 2, 3, 1))
+        x = self.m.to_nhwc(x_nchw)
         model.train()  # batch norm on batch statistics; the tests set dropout to 0
         loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
         return self.nnx.value_and_grad(loss_fn)(model)

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import flax
 import jax
-import numpy as np
-from flax import nnx
 
+from common import training
 from common.cli import main_guard
 from common.evaluate import evaluate_main
-from common.training import DeviceError
 from vgg_flax import xla_cpu
 from vgg_flax.model import vgg
+from vgg_flax.train import predict
 from vgg_flax.weights import from_canonical
 
 
-def pick_device(requested: str):
+def pick_device(requested: str) -> jax.Device:
+    """--device auto|cpu|gpu: the rule and the DeviceError of the train command (common.training.pick_device)."""
     gpus = [d for d in jax.devices() if d.platform == "gpu"]
-    if requested == "gpu" and not gpus:
-        raise DeviceError("--device gpu: JAX sees no GPU (jax.devices() lists none); use --device cpu")
-    return gpus[0] if requested != "cpu" and gpus else jax.devices("cpu")[0]
+    return gpus[0] if training.pick_device(requested, bool(gpus), "JAX") else jax.devices("cpu")[0]
 
 
 def load_model(spec, tensors, device, cpu_workarounds=True):
@@ -36,16 +34,6 @@ def load_model(spec, tensors, device, cpu_workarounds=True):
         xla_cpu.apply(model, platform=device.platform)
     model.eval()
     return model
-
-
-@nnx.jit
-def _predict(model, x):
-    return model(x).argmax(-1)
-
-
-def predict(model, x, device):
-    # NCHW from the loader, NHWC for Flax: the one transpose
-    return np.asarray(_predict(model, jax.device_put(np.transpose(x, (0, 2, 3, 1)), device)))
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """VGG in Flax NNX, built from the shared tables in `common.arch`.
 
-NHWC inside, as XLA prefers; the training script transposes the loader's NCHW
-batches once. Attribute names give the project's parameter scheme
+NHWC inside, as XLA prefers; `to_nhwc` transposes the loader's NCHW batches, wherever
+a batch goes in (training, prediction, tests, benchmarks). Attribute names give the project's parameter scheme
 (`block1.conv1.kernel`, `block1.bn1.mean`, `fc1.bias`, ...).
 
 Plain Flax layers only: the rewrites that make XLA:CPU fast live in `vgg_flax.xla_cpu`,
@@ -21,7 +21,12 @@ from flax import nnx
 from common.arch import LRN, format_summary, make_spec
 from common.cli import model_main
 
-__all__ = ["VGGBlock", "VGG", "vgg_block", "vgg", "layer_shapes", "count_parameters", "summary"]
+__all__ = ["VGGBlock", "VGG", "vgg_block", "vgg", "layer_shapes", "count_parameters", "summary", "to_nhwc"]
+
+
+def to_nhwc(x):
+    """The loader's NCHW batch -> Flax's NHWC: the one function that converts a batch's layout."""
+    return jnp.transpose(x, (0, 2, 3, 1))
 
 
 def _initializers(init: str):

@@ -28,7 +28,7 @@ from common.cli import main_guard, parse_train_args, spec_kwargs
 from common.errors import CheckpointError, reason
 from common.recipe import decays
 from vgg_flax import parallel, weights, xla_cpu
-from vgg_flax.model import count_parameters, vgg
+from vgg_flax.model import count_parameters, to_nhwc, vgg
 
 
 @nnx.jit
@@ -36,7 +36,7 @@ def train_step(model, optimizer, x, y):
     """One update on an NCHW batch; returns (summed loss, #correct) as device scalars, not read
     back, so that XLA can run ahead of Python. Compiled once per batch shape (training drops the
     last partial batch, so there is one)."""
-    x = jnp.transpose(x, (0, 2, 3, 1))  # the loader's NCHW -> Flax's NHWC, the one place it happens
+    x = to_nhwc(x)  # the loader's NCHW -> Flax's NHWC
 
     def loss_fn(model):
         logits = model(x).astype(jnp.float32)  # bfloat16 layers (--precision): the loss in float32, as autocast
@@ -83,26 +83,31 @@ def set_lr(optimizer, lr: float) -> None:
 
 
 @nnx.jit
-def predict(model, x):
-    return model(jnp.transpose(x, (0, 2, 3, 1))).argmax(-1)
+def forward(model, x):
+    """Float32 logits of an NCHW batch already on the device(s), left there (what `net(x)` is in
+    the other two; compiled once per batch shape, apart from the train step)."""
+    return model(to_nhwc(x)).astype(jnp.float32)
+
+
+def predict(model, x, device) -> np.ndarray:
+    """Float32 logits of a NumPy NCHW batch, as NumPy. Inference mode is the caller's `model.eval()`
+    (dropout off, batch-norm running statistics). device: a jax Device, or vgg_flax.parallel's
+    Context (data parallel: the batch split over its mesh; this process's rows come back)."""
+    if isinstance(device, parallel.Context):
+        return parallel.local_rows(device, forward(model, *parallel.shard(device, x)))
+    return np.asarray(forward(model, jax.device_put(x, device)))
 
 
 def evaluate(model, loader, dp) -> float:
-    """Accuracy over the whole loader in inference mode (dropout off, batch-norm running statistics).
-    Padded batches keep one shape, so `predict` compiles once. dp: vgg_flax.parallel's Context."""
+    """Accuracy over the whole loader in inference mode. Padded batches keep one shape, so `forward`
+    compiles once. dp: vgg_flax.parallel's Context."""
     model.eval()
     correct = total = 0
     for x, y, valid in training.padded_batches(loader):
-        pred = parallel.local_rows(dp, predict(model, *parallel.shard(dp, x)))[:valid]
-        correct += int((pred == y).sum())
+        correct += int((predict(model, x, dp).argmax(1)[:valid] == y).sum())
         total += valid
     correct, total = parallel.total(correct, total)  # several processes: each saw its part
     return correct / total
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Dropout's randomness in epoch e depends on (seed, e) alone (the same rule in the three frameworks)."""
-    return int(np.random.default_rng((seed, epoch, 1)).integers(2**31))
 
 
 def _name(path) -> str:
@@ -168,7 +173,7 @@ def load_checkpoint(folder, model, optimizer) -> int:
 
 
 class Backend:
-    """What `common.training.run` drives (see its docstring)."""
+    """Flax NNX's common.training.Backend: what the shared loop drives."""
 
     framework = "flax"
 
@@ -193,7 +198,7 @@ class Backend:
         parallel.prepare(self.dp, self.model, self.optimizer)  # replicated on every device of the mesh
 
     def start_epoch(self, epoch):
-        nnx.reseed(self.model, dropout=epoch_seed(self.seed, epoch))
+        nnx.reseed(self.model, dropout=training.epoch_seed(self.seed, epoch))
         parallel.prepare(self.dp, self.model)  # the new key too
         self.model.train()
 
@@ -215,6 +220,10 @@ class Backend:
 
     def evaluate(self, loader):
         return evaluate(self.model, loader, self.dp)
+
+    def predict(self, x):
+        self.model.eval()
+        return predict(self.model, x, self.dp)
 
     def save_checkpoint(self, folder, epoch):
         save_checkpoint(folder, self.model, self.optimizer, epoch)

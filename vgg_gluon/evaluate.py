@@ -9,20 +9,19 @@ The model is rebuilt from the spec in the file's metadata (common.evaluate does 
 from __future__ import annotations
 
 from vgg_gluon.model import vgg
+from vgg_gluon.train import predict
 from vgg_gluon.weights import from_canonical
 
 import mxnet as mx
 
+from common import training
 from common.cli import main_guard
 from common.evaluate import evaluate_main
-from common.training import DeviceError
 
 
 def pick_device(requested: str) -> mx.Context:
-    gpus = mx.context.num_gpus()
-    if requested == "gpu" and not gpus:
-        raise DeviceError("--device gpu: MXNet sees no GPU (mx.context.num_gpus() is 0); use --device cpu")
-    return mx.gpu(0) if requested != "cpu" and gpus else mx.cpu()
+    """--device auto|cpu|gpu: the rule and the DeviceError of the train command (common.training.pick_device)."""
+    return mx.gpu(0) if training.pick_device(requested, mx.context.num_gpus() > 0, "MXNet") else mx.cpu()
 
 
 def load_model(spec, tensors, device, cpu_workarounds=True):
@@ -30,11 +29,6 @@ def load_model(spec, tensors, device, cpu_workarounds=True):
     net = from_canonical(vgg(spec), tensors, ctx=device)
     net.hybridize(static_alloc=True)
     return net
-
-
-def predict(net, x, device):
-    # outside autograd.record(): inference mode (no dropout, running statistics)
-    return net(mx.nd.array(x, ctx=device)).argmax(axis=1).asnumpy()
 
 
 def main(argv=None):

@@ -107,28 +107,27 @@ def make_optimizer(net, args, kvstore=None):
     return gluon.Trainer(net.collect_params(), opt, kvstore=kvstore, update_on_kvstore=False if kvstore else None)
 
 
+def predict(net, x, ctx) -> np.ndarray:
+    """Float32 logits of a NumPy NCHW batch, as NumPy, in inference mode: outside autograd.record()
+    Gluon runs dropout as identity and batch norm on running statistics, and keeps no tape.
+    ctx: a context, or a list of them that the batch is split over (one part each)."""
+    parts = gluon.utils.split_and_load(x, ctx if isinstance(ctx, list) else [ctx])
+    return np.concatenate([net(part).astype("float32", copy=False).asnumpy() for part in parts])
+
+
 def evaluate(net, loader, ctx) -> float:
-    """Accuracy over the whole loader in inference mode: outside autograd.record() Gluon runs
-    dropout as identity and batch norm on running statistics. ctx: the list of contexts."""
+    """Accuracy over the whole loader in inference mode. ctx: the list of contexts."""
     correct = total = 0
     for x, y, valid in training.padded_batches(loader):
-        parts = gluon.utils.split_and_load(x, ctx)
-        pred = np.concatenate([net(part).argmax(axis=1).asnumpy() for part in parts])[:valid]
-        correct += int((pred == y).sum())
+        correct += int((predict(net, x, ctx).argmax(1)[:valid] == y).sum())
         total += valid
     correct, total = parallel.total(correct, total)  # several machines: each saw its part
     return correct / total
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Dropout's randomness in epoch e depends on (seed, e) alone: MXNet cannot export its RNG
-    state, so reseeding at each epoch start is what makes a resumed run exact."""
-    return int(np.random.default_rng((seed, epoch, 1)).integers(2**31))
-
-
 def save_checkpoint(folder, net, trainer, epoch: int) -> None:
     """model.params (save_parameters) + trainer.states (optimiser) + state.json (epoch; the RNG
-    is reseeded from (seed, epoch), see epoch_seed)."""
+    is reseeded from (seed, epoch), see common.training.epoch_seed)."""
     net.save_parameters(str(folder / "model.params"))
     trainer.save_states(str(folder / "trainer.states"))
     (folder / "state.json").write_text(json.dumps({"epoch": epoch, "rng": "reseeded from (seed, epoch)"}))
@@ -209,7 +208,7 @@ def load_checkpoint(folder, net, trainer) -> int:
 
 
 class Backend:
-    """What `common.training.run` drives (see its docstring)."""
+    """MXNet Gluon's common.training.Backend: what the shared loop drives."""
 
     framework = "gluon"
 
@@ -248,7 +247,7 @@ class Backend:
 
     def start_epoch(self, epoch):
         for i, c in enumerate(self.ctx):  # each device its own dropout masks
-            mx.random.seed(epoch_seed(self.seed, epoch) + self.shard[0] * len(self.ctx) + i, ctx=c)
+            mx.random.seed(training.epoch_seed(self.seed, epoch) + self.shard[0] * len(self.ctx) + i, ctx=c)
 
     def set_lr(self, lr):
         self.trainer.set_learning_rate(lr)
@@ -269,6 +268,9 @@ class Backend:
 
     def evaluate(self, loader):
         return evaluate(self.net, loader, self.ctx)
+
+    def predict(self, x):
+        return predict(self.net, x, self.ctx)
 
     def save_checkpoint(self, folder, epoch):
         save_checkpoint(folder, self.net, self.trainer, epoch)

@@ -10,28 +10,23 @@ from __future__ import annotations
 
 import torch
 
+from common import training
 from common.cli import main_guard
 from common.evaluate import evaluate_main
-from common.training import DeviceError
 from vgg_torch.model import vgg
+from vgg_torch.train import predict
 from vgg_torch.weights import from_canonical
 
 
 def pick_device(requested: str) -> torch.device:
-    if requested == "gpu" and not torch.cuda.is_available():
-        raise DeviceError("--device gpu: PyTorch sees no GPU (torch.cuda.is_available() is False); use --device cpu")
-    return torch.device("cuda" if requested != "cpu" and torch.cuda.is_available() else "cpu")
+    """--device auto|cpu|gpu: the rule and the DeviceError of the train command (common.training.pick_device)."""
+    return torch.device("cuda" if training.pick_device(requested, torch.cuda.is_available(), "torch") else "cpu")
 
 
 def load_model(spec, tensors, device, cpu_workarounds=True) -> torch.nn.Module:
     # cpu_workarounds: Flax's (vgg_flax.xla_cpu); oneDNN needs none
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # float32 as the other two
     return from_canonical(vgg(spec).to(device), tensors).eval()
-
-
-@torch.inference_mode()
-def predict(net, x, device):
-    return net(torch.from_numpy(x).to(device)).argmax(1).cpu().numpy()
 
 
 def main(argv=None):

@@ -69,24 +69,23 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def predict(net, x, device, dtype=None) -> np.ndarray:
+    """Float32 logits of a NumPy NCHW batch, as NumPy. Inference mode is the caller's `net.eval()`
+    (dropout off, batch-norm running statistics); no tape is kept. dtype: autocast's, as in training."""
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        return net(torch.from_numpy(x).to(device, non_blocking=True)).float().cpu().numpy()
+
+
 def evaluate(net, loader, device, dtype=None) -> float:
-    """Accuracy over the whole loader in inference mode (dropout off, batch-norm running statistics),
-    under autocast to dtype if one is given (--precision bfloat16), as training."""
+    """Accuracy over the whole loader in inference mode, under autocast to dtype if one is given
+    (--precision bfloat16), as training."""
     net.eval()
     correct = total = 0
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        for x, y, valid in training.padded_batches(loader):
-            pred = net(torch.from_numpy(x).to(device, non_blocking=True)).argmax(1)[:valid].cpu().numpy()
-            correct += int((pred == y).sum())
-            total += valid
+    for x, y, valid in training.padded_batches(loader):
+        correct += int((predict(net, x, device, dtype).argmax(1)[:valid] == y).sum())
+        total += valid
     correct, total = parallel.total(correct, total)  # data parallel: each process saw its part
     return correct / total
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Dropout's randomness in epoch e depends on (seed, e) alone, so a resumed run draws what an
-    uninterrupted one would have (the same rule in the three frameworks)."""
-    return int(np.random.default_rng((seed, epoch, 1)).integers(2**31))
 
 
 def save_checkpoint(folder, net, optimizer, epoch: int) -> None:
@@ -134,7 +133,7 @@ def load_checkpoint(folder, net, optimizer) -> int:
 
 
 class Backend:
-    """What `common.training.run` drives (see its docstring)."""
+    """PyTorch's common.training.Backend: what the shared loop drives."""
 
     framework = "torch"
 
@@ -159,7 +158,7 @@ class Backend:
         self.model = torch.compile(self.model) if args.compile else self.model
 
     def start_epoch(self, epoch):
-        torch.manual_seed(epoch_seed(self.seed, epoch) + self.shard[0])  # each process its own dropout masks
+        torch.manual_seed(training.epoch_seed(self.seed, epoch) + self.shard[0])  # each process its own dropout masks
         self.net.train()
 
     def set_lr(self, lr):
@@ -180,6 +179,10 @@ class Backend:
 
     def evaluate(self, loader):
         return evaluate(self.model, loader, self.dev, self.dtype)
+
+    def predict(self, x):
+        self.net.eval()
+        return predict(self.model, x, self.dev, self.dtype)
 
     def save_checkpoint(self, folder, epoch):
         save_checkpoint(folder, self.net, self.optimizer, epoch)
