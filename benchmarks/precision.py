@@ -49,15 +49,27 @@ def main(argv=None):
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further training flags, last")
     args = p.parse_args(argv)
 
-    runs = {}
+    runs, report = {}, {"command": " ".join(sys.argv), "epochs": args.epochs, "preset": args.preset}
     for seed in args.seeds:
         for precision in ("float32", "bfloat16"):
             runs[f"{precision}/seed{seed}"] = run(Path(args.out) / f"{precision}-seed{seed}", seed, precision, args)
+        done = args.seeds[
+            : args.seeds.index(seed) + 1
+        ]  # the report is rewritten after each seed: a stopped sweep keeps its seeds
+        summary, lines = summarise(runs, done)
+        write_atomic(
+            args.report, json.dumps({**report, "seeds": done, "frameworks": summary, "runs": runs}, indent=1) + "\n"
+        )
+    print("\n".join(lines))
+    print(f"wrote {args.report}")
 
+
+def summarise(runs: dict, seeds: list[int]):
+    """Per framework: the accuracies, bfloat16 minus float32 per seed (points), the speed ratios; and table lines."""
     summary, lines = {}, ["framework   float32 acc   bfloat16 acc   bf16 - fp32 (points)   bf16/fp32 ex/s"]
     for fw in FRAMEWORKS:
-        fp = [runs[f"float32/seed{s}"][fw] for s in args.seeds]
-        bf = [runs[f"bfloat16/seed{s}"][fw] for s in args.seeds]
+        fp = [runs[f"float32/seed{s}"][fw] for s in seeds]
+        bf = [runs[f"bfloat16/seed{s}"][fw] for s in seeds]
         diff = [100 * (b["test_acc"] - f["test_acc"]) for f, b in zip(fp, bf)]
         speed = [b["examples_per_sec"] / f["examples_per_sec"] for f, b in zip(fp, bf)]
         summary[fw] = {
@@ -73,10 +85,7 @@ def main(argv=None):
             f"{statistics.fmean(diff):+.2f} ({min(diff):+.2f} .. {max(diff):+.2f})          "
             f"{statistics.fmean(speed):.2f}"
         )
-    print("\n".join(lines))
-    report = {"command": " ".join(sys.argv), "seeds": args.seeds, "epochs": args.epochs, "preset": args.preset}
-    write_atomic(args.report, json.dumps({**report, "frameworks": summary, "runs": runs}, indent=1) + "\n")
-    print(f"wrote {args.report}")
+    return summary, lines
 
 
 if __name__ == "__main__":
