@@ -19,7 +19,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common.arch import LRN, format_summary, make_spec
-from common.cli import model_main
 
 __all__ = ["VGGBlock", "VGG", "vgg_block", "vgg", "layer_shapes", "count_parameters", "summary", "to_nhwc"]
 
@@ -161,6 +160,9 @@ def summary(model: VGG) -> str:
 
 
 def main(argv=None):
+    """`python -m vgg_flax.model`: the shape summary and parameter counts (the command line lives in common.cli)."""
+    from common.cli import model_main
+
     model_main("vgg_flax.model", argv, build=vgg, summary=summary, count=count_parameters)
 
 

@@ -12,7 +12,6 @@ import mxnet as mx
 from mxnet.gluon import nn
 
 from common.arch import LRN, format_summary, make_spec
-from common.cli import model_main
 
 __all__ = ["vgg_block", "vgg", "layer_shapes", "count_parameters", "summary"]
 
@@ -131,6 +130,9 @@ def summary(net: nn.HybridSequential) -> str:
 
 
 def main(argv=None):
+    """`python -m vgg_gluon.model`: the shape summary and parameter counts (the command line lives in common.cli)."""
+    from common.cli import model_main
+
     model_main("vgg_gluon.model", argv, build=vgg, summary=summary, count=count_parameters)
 
 

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from common.arch import LRN, format_summary, make_spec
-from common.cli import model_main
 
 __all__ = ["vgg_block", "init_weights", "vgg", "layer_shapes", "count_parameters", "summary"]
 
@@ -113,6 +112,9 @@ def summary(net: nn.Sequential) -> str:
 
 
 def main(argv=None):
+    """`python -m vgg_torch.model`: the shape summary and parameter counts (the command line lives in common.cli)."""
+    from common.cli import model_main
+
     model_main("vgg_torch.model", argv, build=vgg, summary=summary, count=count_parameters)
 
 
