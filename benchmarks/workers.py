@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from common.arch import flops_per_example, make_spec  # noqa: E402
 from common.cli import parse_train_args  # noqa: E402
 from common.data import SAMPLE_DIR, Loader, load_fashion_mnist, sample_dataset  # noqa: E402
-from common.training import keep_freed_memory  # noqa: E402
+from common.training import TrainConfig, keep_freed_memory  # noqa: E402
 
 
 class Unsupported(Exception):
@@ -47,22 +47,24 @@ def _spec(cfg, size):
 
 
 def _train_args(cfg, size, compile=False):
-    """The training flags of this configuration; the optimiser is the d2l recipe's (plain SGD, lr 0.05)."""
+    """The training config of this configuration; the optimiser is the d2l recipe's (plain SGD, lr 0.05)."""
     arch = cfg["arch"] if isinstance(cfg["arch"], str) else repr(tuple(map(tuple, cfg["arch"])))
-    return parse_train_args(
-        [
-            f"--arch={arch}",
-            f"--width-ratio={cfg['width_ratio']}",
-            f"--resize={size}",
-            f"--batch-size={cfg['batch_size']}",
-            f"--device={cfg['device']}",
-            "--optimizer=sgd",
-            "--lr=0.05",
-            "--momentum=0",
-            "--no-progress",
-        ]
-        + (["--compile"] if compile else [])
-        + ([] if cfg.get("cpu_workarounds", True) else ["--no-cpu-workarounds"])
+    return TrainConfig.from_args(
+        parse_train_args(
+            [
+                f"--arch={arch}",
+                f"--width-ratio={cfg['width_ratio']}",
+                f"--resize={size}",
+                f"--batch-size={cfg['batch_size']}",
+                f"--device={cfg['device']}",
+                "--optimizer=sgd",
+                "--lr=0.05",
+                "--momentum=0",
+                "--no-progress",
+            ]
+            + (["--compile"] if compile else [])
+            + ([] if cfg.get("cpu_workarounds", True) else ["--no-cpu-workarounds"])
+        )
     )
 
 

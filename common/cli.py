@@ -44,8 +44,11 @@ def add_model_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def spec_kwargs(args, image_size) -> dict:
-    return dict(
+def model_spec(args, image_size):
+    """The model that the flags of add_model_args describe, at this image size: the one mapping
+    from flags to a common.arch spec (the train commands' TrainConfig carries what it returns)."""
+    return make_spec(
+        args.arch,
         in_channels=args.in_channels,
         num_classes=args.num_classes,
         image_size=image_size,
@@ -93,18 +96,19 @@ def main_guard():
 
 
 def model_main(prog, argv, *, build, summary, count):
-    """`python -m vgg_X.model`: print d2l's per-block shape summary and the parameter counts."""
+    """`python -m vgg_X.model`: print d2l's per-block shape summary and the parameter counts.
+    build(spec): the framework's network (vgg_X.model.vgg)."""
     p = add_model_args(
         argparse.ArgumentParser(prog=f"python -m {prog}", description=summary.__module__ + ": VGG shape summary")
     )
     p.add_argument("--image-size", type=int, default=224, help="input height and width (at least 32 for five blocks)")
     args = p.parse_args(argv)
     try:
-        spec = make_spec(args.arch, **spec_kwargs(args, args.image_size))  # validate before any framework work
+        spec = model_spec(args, args.image_size)  # validate before any framework work
     except ArchError as e:
         fail(str(e))
     check_fits(spec, "--image-size or --num-classes")
-    net = build(args.arch, **spec_kwargs(args, args.image_size))
+    net = build(spec)
     print(summary(net))
     params, buffers = count(net)
     print(f"trainable parameters: {params:,}   buffer values: {buffers:,}")
@@ -457,17 +461,20 @@ def parse_train_args(
     if preset:
         p.set_defaults(**PRESETS[preset])
     args = p.parse_args(argv)
-    check_train_args(args)
+    args.spec = check_train_args(args)  # the model's spec, made once; TrainConfig carries it
     return args
 
 
 def draw_main(prog, argv, *, draw) -> None:
     """`python -m vgg_X.weights --draw FILE [training flags]`: the initial weights that `vgg_X.train`
     would draw with these flags (--arch ..., --init, --seed), saved as canonical safetensors for
-    --init-from. common.compare --same-init uses it. draw(args, path) builds, initialises and saves."""
+    --init-from. common.compare --same-init uses it. draw(config, path) builds (vgg_X.model.build)
+    and saves."""
 
     def extra(p):
         p.add_argument("--draw", metavar="FILE", required=True, help="write the drawn weights here")
+
+    from .training import TrainConfig  # imported here: training reads the flags' defaults from this module
 
     args = parse_train_args(
         argv,
@@ -475,15 +482,14 @@ def draw_main(prog, argv, *, draw) -> None:
         extra=extra,
         description="Draw a model's initial weights (--init, --seed) into a canonical safetensors file",
     )
-    draw(args, args.draw)
-    print(
-        f"wrote {args.draw}: {make_spec(args.arch, **spec_kwargs(args, args.resize)).name} at {args.resize} px, "
-        f"--init {args.init}, --seed {args.seed}"
-    )
+    config = TrainConfig.from_args(args)
+    draw(config, args.draw)
+    print(f"wrote {args.draw}: {config.spec.name} at {config.resize} px, --init {config.init}, --seed {config.seed}")
 
 
-def check_train_args(args) -> None:
-    """Combinations argparse cannot see; each failure says what to change."""
+def check_train_args(args):
+    """Combinations argparse cannot see; each failure says what to change. Returns the model's
+    spec (model_spec), which the checks make anyway."""
     if args.in_channels != 1 or args.num_classes != 10:
         fail("Fashion-MNIST has 1 channel and 10 classes: leave --in-channels and --num-classes at 1 and 10")
     if args.devices and args.batch_size % args.devices:
@@ -496,7 +502,7 @@ def check_train_args(args) -> None:
     if args.optimizer == "adam" and args.momentum:
         fail("--momentum applies to --optimizer sgd only (Adam has its own betas)")
     try:
-        spec = make_spec(args.arch, **spec_kwargs(args, args.resize))
+        spec = model_spec(args, args.resize)
     except ArchError as e:
         fail(str(e).replace("image_size", "--resize"))
     check_fits(spec, "--resize")
@@ -508,3 +514,4 @@ def check_train_args(args) -> None:
         fail(f"--warmup-epochs {args.warmup_epochs:g} is longer than the run (--epochs {args.epochs})")
     if args.optimizer == "sgd" and args.lr > 1.0 or args.optimizer == "adam" and args.lr > 0.1:
         print(f"warning: --lr {args.lr} is unusually high for {args.optimizer}; expect divergence", file=sys.stderr)
+    return spec

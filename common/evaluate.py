@@ -1,32 +1,43 @@
 """`python -m vgg_{torch,gluon,flax}.evaluate --weights FILE.safetensors`: the Fashion-MNIST test
 accuracy of canonical weights (common.weights), whichever framework wrote them.
 
-The flags, the checks and the report are defined once here; each framework's evaluate.py
-supplies `load_model(spec, tensors, device, cpu_workarounds=...)` (the last for Flax's
-vgg_flax.xla_cpu; the other two ignore it), `pick_device(requested)` (the train command's rule,
-common.training.pick_device) and `predict(net, x, device)`: the logits of one NCHW NumPy batch,
-as a NumPy array (vgg_X.train.predict, which the training's evaluation calls too).
+The flags, the checks and the report are defined once here. The model is the train command's:
+each framework's evaluate.py passes its `vgg_X.train.Backend`, built here from the file's spec
+(every other training flag at its default), given the file's weights (`load_canonical`), and
+measured by the training's own evaluation loop (common.training.accuracy, on Backend.predict).
 No framework is imported here.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from .cli import add_cpu_workarounds_arg, fail
+from .cli import add_cpu_workarounds_arg, fail, parse_train_args
 from .data import DataError, Loader, load_fashion_mnist
+from .training import TrainConfig, accuracy
 from .weights import WeightsError, read_spec
 
 
-def accuracy(predict, loader) -> float:
-    """The fraction of the loader's images whose class `predict(x)` gets right."""
-    correct = total = 0
-    for x, y in loader:
-        correct, total = correct + int((predict(x) == y).sum()), total + len(y)
-    return correct / total
+def evaluate_config(args, spec, normalize: bool) -> TrainConfig:
+    """The train command's config for the file's model: its spec, the evaluate flags (device,
+    batch size, CPU workarounds), the file's pixel scale, and every other flag at its default
+    (the optimiser that Backend builds then holds no state: SGD without momentum)."""
+    defaults = TrainConfig.from_args(parse_train_args([]))
+    return dataclasses.replace(
+        defaults,
+        spec=spec,
+        resize=spec.image_size[0],
+        batch_size=args.batch_size,
+        device=args.device,
+        cpu_workarounds=args.cpu_workarounds,
+        normalize=normalize,
+        data_dir=args.data_dir,
+    )
 
 
-def evaluate_main(prog: str, argv, *, framework: str, pick_device, load_model, predict) -> float:
+def evaluate_main(prog: str, argv, *, framework: str, backend) -> float:
+    """`python -m {prog}`: backend is the framework's vgg_X.train.Backend."""
     p = argparse.ArgumentParser(
         prog=f"python -m {prog}",
         description=f"Test accuracy on Fashion-MNIST, in {framework}, of weights saved by any of the three frameworks.",
@@ -62,16 +73,22 @@ def evaluate_main(prog: str, argv, *, framework: str, pick_device, load_model, p
         data = load_fashion_mnist(args.data_dir)
     except DataError as e:
         fail(str(e))
-    device = pick_device(args.device)
-    net = load_model(spec, tensors, device, cpu_workarounds=args.cpu_workarounds)
     # the file says how its model saw images in training; the default is the loader's 0-1 scale
     normalize = metadata.get("normalize", "false").lower() in ("true", "1")
+    model = backend(evaluate_config(args, spec, normalize))  # --device: the train command's rule
+    model.load_canonical(tensors)
     loader = Loader(
-        data.test_images, data.test_labels, batch_size=args.batch_size, resize=h, shuffle=False, normalize=normalize
+        data.test_images,
+        data.test_labels,
+        batch_size=args.batch_size,
+        resize=h,
+        shuffle=False,
+        normalize=normalize,
+        shard=model.shard,
     )
-    acc = accuracy(lambda x: predict(net, x, device).argmax(1), loader)
+    acc = accuracy(model, loader)
     print(
-        f"{framework} on {device}: {spec.name} ({h}x{h} px{', normalised' if normalize else ''}) "
+        f"{framework} on {model.device}: {spec.name} ({h}x{h} px{', normalised' if normalize else ''}) "
         f"from {args.weights} (saved by {metadata.get('framework', 'unknown')})"
     )
     print(data.describe())

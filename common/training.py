@@ -48,7 +48,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import numpy as np
 from tqdm import tqdm
 
-from .arch import make_spec
+from .arch import VGGSpec
 from .data import Loader, load_fashion_mnist
 from .errors import CheckpointError, DeviceError, Diverged, Interrupted, RunError  # noqa: F401  (importable from here too)
 from .files import umask as _umask  # noqa: F401  (write_atomic: importable from here too)
@@ -133,25 +133,18 @@ class TrainConfig:
     plateau_patience: int
     augment: bool
     precision: str
+    spec: VGGSpec
+    """The model that the flags above describe (common.cli.model_spec), made once when they are
+    parsed; vgg_X.model.build(config) builds it. Not a flag: metrics.json's "config" leaves it out."""
 
     @classmethod
     def from_args(cls, args) -> TrainConfig:
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
     def as_dict(self) -> dict:
-        """metrics.json's "config": tuples as lists, as they come back from disk."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
-
-    def spec(self):
-        return make_spec(
-            self.arch,
-            in_channels=self.in_channels,
-            num_classes=self.num_classes,
-            image_size=self.resize,
-            width_ratio=self.width_ratio,
-            scale_classifier=self.scale_classifier,
-            dropout=self.dropout,
-        )
+        """metrics.json's "config": the flags, tuples as lists, as they come back from disk."""
+        flags = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "spec"}
+        return json.loads(json.dumps(flags, default=list))
 
 
 @runtime_checkable
@@ -195,11 +188,11 @@ class Backend(Protocol):
     def fetch(self, out: object) -> tuple[float, int]:
         """Wait for a train_step's result: (summed loss, #correct) over every process's part."""
 
-    def evaluate(self, loader: Loader) -> float:
-        """Accuracy over the whole loader in inference mode, over every process's part."""
-
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float32 NumPy logits of an NCHW batch in inference mode (vgg_X.train.predict; this process's rows)."""
+
+    def total(self, *values: float) -> list[float]:
+        """Each value summed over every process (itself in one): counts that each process made of its part."""
 
     def save_checkpoint(self, folder: Path, epoch: int) -> None:
         """Write model, optimiser and RNG state into the (empty, temporary) folder; Run renames it into place."""
@@ -254,6 +247,17 @@ def padded_batches(loader: Loader):
         if valid < loader.local_batch_size:
             x = np.concatenate([x, np.zeros((loader.local_batch_size - valid, *x.shape[1:]), x.dtype)])
         yield x, y, valid
+
+
+def accuracy(backend: Backend, loader: Loader) -> float:
+    """The fraction of the loader's images whose class backend.predict gets right, over every
+    process's part: the one evaluation loop (each epoch's test accuracy, the evaluate commands)."""
+    correct = total = 0
+    for x, y, valid in padded_batches(loader):
+        correct += int((backend.predict(x).argmax(1)[:valid] == y).sum())
+        total += valid
+    correct, total = backend.total(correct, total)
+    return correct / total
 
 
 def pick_device(requested: str, gpu_visible: bool, framework: str) -> bool:
@@ -543,9 +547,9 @@ class Run:
 
 def _default_config() -> dict:
     """Every flag at its default, as metrics.json's "config" holds them."""
-    from .cli import train_parser  # the flags' one definition; imported here, cli imports this module's users
+    from .cli import parse_train_args  # the flags' one definition; imported here, cli imports this module's users
 
-    return TrainConfig.from_args(train_parser("", "").parse_args([])).as_dict()
+    return TrainConfig.from_args(parse_train_args([])).as_dict()
 
 
 def _resume(files: Run, config: TrainConfig, framework: str):
@@ -710,7 +714,7 @@ def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Sta
             say(f"warning: {problem}; looking for the newest checkpoint folder that loads", file=sys.stderr)
     else:
         held = files.check_fresh(config.overwrite)
-    spec = config.spec()
+    spec = config.spec
     metrics = old or {}
     metrics.update(
         framework=framework,
@@ -804,7 +808,7 @@ def _epochs(config: TrainConfig, s: _Started) -> dict:
             ) from None
         files.where = f"the evaluation after epoch {epoch + 1}"
         t = time.perf_counter()
-        test_acc = backend.evaluate(s.test)
+        test_acc = accuracy(backend, s.test)
         entry = dict(
             epoch=epoch + 1,
             loss=loss,

@@ -17,7 +17,7 @@ from common import training
 from common.cli import parse_train_args
 from common.data import Loader, load_fashion_mnist
 from common.errors import DeviceError
-from common.weights import expected_canonical
+from common.weights import expected_canonical, save_weights, spec_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "common" / "data"
@@ -27,7 +27,7 @@ FLAGS += ["--device", "cpu", "--data-dir", str(SAMPLE), "--no-progress", "--epoc
 # What common.training.run reads of a backend, written out by hand: the Protocol must declare these.
 CONTRACT = (
     "framework device versions parameters threads primary shard "
-    "start_epoch set_lr canonical load_canonical train_step fetch evaluate predict "
+    "start_epoch set_lr canonical load_canonical train_step fetch predict total "
     "save_checkpoint load_checkpoint export"
 ).split()
 METHODS = CONTRACT[7:]
@@ -91,7 +91,7 @@ def test_run_refuses_a_backend_without_primary_before_writing(tmp_path):
 def test_predict_gives_the_same_logits_in_the_three(backends):
     """Backend.predict (vgg_X.train.predict) of the same canonical weights and batch, in inference
     mode: the three agree to float32 rounding, and so do their classes."""
-    spec = config().spec()
+    spec = config().spec
     tensors = random_canonical(spec, seed=1)
     assert set(tensors) == set(expected_canonical(spec))
     data = load_fashion_mnist(SAMPLE)
@@ -125,20 +125,32 @@ def _hide_gpus(fw, monkeypatch):
     else:
         import jax
 
-        cpu = jax.devices("cpu")
-        monkeypatch.setattr(jax, "devices", lambda backend=None: cpu)
+        local = jax.local_devices
+
+        def cpu_only(*args, backend=None, **kwargs):
+            if backend == "gpu":
+                raise RuntimeError("no GPU (hidden by the test)")
+            return local(*args, backend=backend, **kwargs)
+
+        monkeypatch.setattr(jax, "local_devices", cpu_only)
 
 
 @pytest.mark.parametrize("fw, name", [("torch", "torch"), ("gluon", "MXNet"), ("flax", "JAX")])
-def test_evaluate_picks_devices_by_the_train_rule(fw, name, monkeypatch):
+def test_evaluate_picks_devices_by_the_train_rule(fw, name, monkeypatch, tmp_path, capsys):
     """`vgg_X.evaluate --device gpu` without a GPU fails as the train command does; auto falls back to the CPU."""
-    evaluate = importlib.import_module(f"vgg_{fw}.evaluate")
+    spec = config().spec
+    save_weights(tmp_path / "w.safetensors", random_canonical(spec), spec_metadata(spec))
+    main = importlib.import_module(f"vgg_{fw}.evaluate").main
+    flags = ["--weights", str(tmp_path / "w.safetensors"), "--data-dir", str(SAMPLE), "--device"]
     _hide_gpus(fw, monkeypatch)
     with pytest.raises(DeviceError) as e:
-        evaluate.pick_device("gpu")
+        importlib.import_module(f"vgg_{fw}.train").Backend(config("--device", "gpu"))
     assert str(e.value) == (
         f"--device gpu: no GPU is visible to {name}. Install its GPU build (docs/gpus.md) or use --device cpu"
     )
-    assert e.value.code == 2
+    with pytest.raises(SystemExit) as exit:
+        main([*flags, "gpu"])
+    assert exit.value.code == 2 and capsys.readouterr().err == f"error: {e.value}\n"
     for requested in ("auto", "cpu"):
-        assert "cpu" in str(evaluate.pick_device(requested)).lower()
+        main([*flags, requested])
+        assert " on cpu" in capsys.readouterr().out.splitlines()[0].lower()

@@ -6,6 +6,8 @@ parameter and the same SGD step. Two input sizes: 32 px, where block 5 convolves
 im2col path), and 64x96 px, non-square, where it does not.
 """
 
+from argparse import Namespace
+
 import numpy as np
 import pytest
 
@@ -163,7 +165,8 @@ def test_apply_installs_on_a_cpu_only():
 def test_train_and_evaluate_switch(flags, on):
     """The train command's model and the evaluate command's get them on a CPU, unless told not to."""
     from common.cli import parse_train_args
-    from vgg_flax import evaluate, weights
+    from common.evaluate import evaluate_config
+    from vgg_flax import weights
 
     args = parse_train_args(
         [
@@ -180,5 +183,7 @@ def test_train_and_evaluate_switch(flags, on):
     assert xla_cpu.installed(train.Backend(args).model) is on
     spec = _spec("vgg11", 32)
     tensors = weights.to_canonical(vgg(spec))
-    model = evaluate.load_model(spec, tensors, jax.devices("cpu")[0], cpu_workarounds=on)
-    assert xla_cpu.installed(model) is on
+    config = evaluate_config(Namespace(batch_size=8, device="cpu", cpu_workarounds=on, data_dir=None), spec, False)
+    b = train.Backend(config)  # what the evaluate command builds (common.evaluate)
+    b.load_canonical(tensors)
+    assert xla_cpu.installed(b.model) is on

@@ -410,3 +410,29 @@ def test_evaluate_errors_are_one_line(tmp_path, capsys, mod):
             main(["--weights", str(path)])
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+# --- the same start: python -m vgg_X.weights --draw and the train command's Backend ----------
+
+
+@pytest.mark.parametrize("fw", ["torch", "gluon", "flax"])
+def test_draw_gives_the_weights_that_training_starts_from(tmp_path, capsys, fw):
+    """`vgg_X.weights --draw` and `vgg_X.train.Backend`, built from the same flags, hold the same
+    weights to the bit (both call vgg_X.model.build); another --seed draws other weights."""
+    import importlib
+
+    from common.cli import parse_train_args
+    from common.training import TrainConfig
+
+    flags = ["--arch", "vgg11_bn", "--width-ratio", "8", "--scale-classifier", "--resize", "32", "--device", "cpu"]
+    flags += ["--init", "kaiming", "--seed", "3", "--batch-size", "8"]
+    weights, train = importlib.import_module(f"vgg_{fw}.weights"), importlib.import_module(f"vgg_{fw}.train")
+    weights.main(["--draw", str(tmp_path / "drawn.safetensors"), *flags])
+    assert "vgg11_bn/8 at 32 px, --init kaiming, --seed 3" in capsys.readouterr().out
+    drawn = load_weights(tmp_path / "drawn.safetensors")[0]
+    started = train.Backend(TrainConfig.from_args(parse_train_args(flags))).canonical()
+    assert list(drawn) == list(started) == list(expected_canonical(make_spec("vgg11_bn", **TINY)))
+    for k in drawn:
+        np.testing.assert_array_equal(drawn[k], started[k], err_msg=f"{fw} {k}")
+    other = train.Backend(TrainConfig.from_args(parse_train_args([*flags, "--seed", "4"]))).canonical()
+    assert not np.array_equal(other["block1.conv1.weight"], drawn["block1.conv1.weight"])

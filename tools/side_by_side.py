@@ -74,7 +74,7 @@ def _same(*names):
 # Gluon and Flax (`_initializers`).
 PIECES = (
     Piece("block", "The VGG block", "model", _same("vgg_block")),
-    Piece("network", "The network", "model", _same("vgg")),
+    Piece("network", "The network", "model", _same("vgg", "build")),
     Piece(
         "init",
         "Initialisation",
@@ -86,7 +86,7 @@ PIECES = (
     Piece("setup", "Device, random seeds, compilation", "train", _same("Backend.__init__", "Backend.start_epoch")),
     Piece("optimizer", "The optimiser", "train", _same("make_optimizer")),
     Piece("step", "One training step", "train", _same("train_step", "Backend.train_step")),
-    Piece("evaluate", "Evaluation", "train", _same("evaluate")),
+    Piece("evaluate", "Evaluation", "train", _same("predict", "Backend.predict")),
     Piece("checkpoint", "Checkpoints", "train", _same("save_checkpoint", "load_checkpoint")),
     Piece("weights", "Weight conversion", "weights", _same("to_canonical")),
 )

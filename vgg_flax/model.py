@@ -20,7 +20,7 @@ from flax import nnx
 
 from common.arch import LRN, format_summary, make_spec
 
-__all__ = ["VGGBlock", "VGG", "vgg_block", "vgg", "layer_shapes", "count_parameters", "summary", "to_nhwc"]
+__all__ = ["VGGBlock", "VGG", "vgg_block", "vgg", "build", "layer_shapes", "count_parameters", "summary", "to_nhwc"]
 
 
 def to_nhwc(x):
@@ -128,6 +128,20 @@ def vgg(arch="vgg11", *, init="xavier", rngs: nnx.Rngs | None = None, dtype=None
     dtype: the convolutions' and dense layers' computation dtype (jnp.bfloat16 for mixed precision,
     as nnx.Conv and nnx.Linear take it); their parameters stay float32. None: float32 throughout."""
     return VGG(make_spec(arch, **spec_kwargs), init=init, dtype=dtype, rngs=rngs or nnx.Rngs(0))
+
+
+def build(config) -> VGG:
+    """The model a run starts from, wherever it is built (vgg_flax.train.Backend, the
+    vgg_flax.weights --draw command): config.spec drawn with config.init from
+    nnx.Rngs(params=config.seed, dropout=config.seed), computing in bfloat16 under --precision
+    bfloat16 (the parameters stay float32). One function, so that the same flags always give the
+    same start."""
+    return vgg(
+        config.spec,
+        init=config.init,
+        rngs=nnx.Rngs(params=config.seed, dropout=config.seed),
+        dtype=jnp.bfloat16 if config.precision == "bfloat16" else None,
+    )
 
 
 def layer_shapes(model: VGG, batch: int = 1) -> list[tuple[str, tuple[int, ...]]]:

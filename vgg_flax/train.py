@@ -24,11 +24,11 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from common import training
-from common.cli import main_guard, parse_train_args, spec_kwargs
+from common.cli import main_guard, parse_train_args
 from common.errors import CheckpointError, reason
 from common.recipe import decays
 from vgg_flax import parallel, weights, xla_cpu
-from vgg_flax.model import count_parameters, to_nhwc, vgg
+from vgg_flax.model import build, count_parameters, to_nhwc
 
 
 @nnx.jit
@@ -98,18 +98,6 @@ def predict(model, x, device) -> np.ndarray:
     return np.asarray(forward(model, jax.device_put(x, device)))
 
 
-def evaluate(model, loader, dp) -> float:
-    """Accuracy over the whole loader in inference mode. Padded batches keep one shape, so `forward`
-    compiles once. dp: vgg_flax.parallel's Context."""
-    model.eval()
-    correct = total = 0
-    for x, y, valid in training.padded_batches(loader):
-        correct += int((predict(model, x, dp).argmax(1)[:valid] == y).sum())
-        total += valid
-    correct, total = parallel.total(correct, total)  # several processes: each saw its part
-    return correct / total
-
-
 def _name(path) -> str:
     return jax.tree_util.keystr(path, simple=True, separator="/")
 
@@ -177,24 +165,18 @@ class Backend:
 
     framework = "flax"
 
-    def __init__(self, args):
-        self.dp = parallel.setup(args)  # a mesh over --devices devices (and over processes, if launched)
+    def __init__(self, config):
+        self.dp = parallel.setup(config)  # a mesh over --devices devices (and over processes, if launched)
         self.dev, self.primary, self.shard = self.dp.devices[0], self.dp.primary, self.dp.shard
         jax.config.update("jax_default_device", self.dev)
-        self.device, self.seed, self.normalize = self.dp.describe, args.seed, args.normalize
+        self.device, self.seed, self.normalize = self.dp.describe, config.seed, config.normalize
         self.versions = {"flax": flax.__version__, "jax": jax.__version__}
         self.threads = f"XLA_FLAGS={os.environ.get('XLA_FLAGS', 'unset (all cores)')}"
-        self.model = vgg(
-            args.arch,
-            init=args.init,
-            rngs=nnx.Rngs(params=args.seed, dropout=args.seed),
-            dtype=jnp.bfloat16 if args.precision == "bfloat16" else None,  # computation; parameters stay float32
-            **spec_kwargs(args, args.resize),
-        )
-        if args.cpu_workarounds:  # on a CPU only (docs in vgg_flax/xla_cpu.py)
+        self.model = build(config)  # on jax_default_device
+        if config.cpu_workarounds:  # on a CPU only (docs in vgg_flax/xla_cpu.py)
             xla_cpu.apply(self.model, platform=self.dev.platform)
         self.parameters = count_parameters(self.model)[0]
-        self.optimizer = make_optimizer(self.model, args)
+        self.optimizer = make_optimizer(self.model, config)
         parallel.prepare(self.dp, self.model, self.optimizer)  # replicated on every device of the mesh
 
     def start_epoch(self, epoch):
@@ -218,12 +200,12 @@ class Backend:
     def fetch(self, out):
         return float(out[0]), int(out[1])
 
-    def evaluate(self, loader):
-        return evaluate(self.model, loader, self.dp)
-
     def predict(self, x):
         self.model.eval()
         return predict(self.model, x, self.dp)
+
+    def total(self, *values):
+        return parallel.total(*values)  # several processes: over every process's part
 
     def save_checkpoint(self, folder, epoch):
         save_checkpoint(folder, self.model, self.optimizer, epoch)

@@ -83,15 +83,11 @@ def load(model: nnx.Module, path) -> nnx.Module:
     return from_canonical(model, load_weights(path)[0])
 
 
-def draw(args, path) -> None:
-    """The weights vgg_flax.train.Backend starts from: vgg(--init) with nnx.Rngs(params=--seed)."""
-    from common.cli import spec_kwargs
-    from vgg_flax.model import vgg
+def draw(config, path) -> None:
+    """The weights vgg_flax.train.Backend starts from with this config (vgg_flax.model.build)."""
+    from vgg_flax.model import build
 
-    model = vgg(
-        args.arch, init=args.init, rngs=nnx.Rngs(params=args.seed, dropout=args.seed), **spec_kwargs(args, args.resize)
-    )
-    save(model, path, normalize=str(args.normalize))
+    save(build(config), path, normalize=str(config.normalize))
 
 
 def main(argv=None):

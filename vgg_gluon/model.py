@@ -13,7 +13,7 @@ from mxnet.gluon import nn
 
 from common.arch import LRN, format_summary, make_spec
 
-__all__ = ["vgg_block", "vgg", "layer_shapes", "count_parameters", "summary"]
+__all__ = ["vgg_block", "vgg", "build", "layer_shapes", "count_parameters", "summary"]
 
 
 def _initializers(init: str):
@@ -93,6 +93,17 @@ def vgg(arch="vgg11", *, init="xavier", **spec_kwargs) -> nn.HybridSequential:
             fc3=nn.Dense(spec.num_classes, in_units=h, weight_initializer=dense_init),
         )
     net.spec = spec
+    return net
+
+
+def build(config) -> nn.HybridSequential:
+    """The model a run starts from, wherever it is built (vgg_gluon.train.Backend, the
+    vgg_gluon.weights --draw command): mx.random.seed(config.seed), then config.spec drawn with
+    config.init, on the CPU, where Gluon draws whatever the context (Backend then copies it to
+    its contexts). One function, so that the same flags always give the same start."""
+    mx.random.seed(config.seed)
+    net = vgg(config.spec, init=config.init)
+    net.initialize(ctx=mx.cpu())
     return net
 
 

@@ -14,14 +14,14 @@ import pickle
 
 import vgg_gluon  # noqa: F401  (restores np.bool before mxnet is imported)
 from vgg_gluon import parallel, weights
-from vgg_gluon.model import count_parameters, vgg
+from vgg_gluon.model import build, count_parameters
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
 from common import training
-from common.cli import main_guard, parse_train_args, spec_kwargs
+from common.cli import main_guard, parse_train_args
 from common.errors import CheckpointError, DeviceError, reason
 from common.recipe import decays
 
@@ -111,16 +111,6 @@ def predict(net, x, ctx) -> np.ndarray:
     return np.concatenate([net(part).astype("float32", copy=False).asnumpy() for part in parts])
 
 
-def evaluate(net, loader, ctx) -> float:
-    """Accuracy over the whole loader in inference mode. ctx: the list of contexts."""
-    correct = total = 0
-    for x, y, valid in training.padded_batches(loader):
-        correct += int((predict(net, x, ctx).argmax(1)[:valid] == y).sum())
-        total += valid
-    correct, total = parallel.total(correct, total)  # several machines: each saw its part
-    return correct / total
-
-
 def save_checkpoint(folder, net, trainer, epoch: int) -> None:
     """model.params (save_parameters) + trainer.states (optimiser) + state.json (epoch; the RNG
     is reseeded from (seed, epoch), see common.training.epoch_seed)."""
@@ -208,12 +198,12 @@ class Backend:
 
     framework = "gluon"
 
-    def __init__(self, args):
-        self.dp = parallel.setup(args)  # the contexts, and the KVStore that joins them (and the machines)
+    def __init__(self, config):
+        self.dp = parallel.setup(config)  # the contexts, and the KVStore that joins them (and the machines)
         self.ctx, self.primary, self.shard = self.dp.devices, self.dp.primary, self.dp.shard
-        self.device, self.seed, self.batch_size = self.dp.describe, args.seed, args.batch_size
-        self.normalize = args.normalize
-        if args.precision == "bfloat16":
+        self.device, self.seed, self.batch_size = self.dp.describe, config.seed, config.batch_size
+        self.normalize = config.normalize
+        if config.precision == "bfloat16":
             if any(c.device_type == "gpu" for c in self.ctx):
                 raise DeviceError(
                     "--precision bfloat16: MXNet 1.9's AMP offers bfloat16 on the CPU only (oneDNN); use "
@@ -231,14 +221,13 @@ class Backend:
             if "OMP_NUM_THREADS" in os.environ
             else f"MXNET_OMP_MAX_THREADS={os.environ.get('MXNET_OMP_MAX_THREADS')}"
         )
-        mx.random.seed(args.seed)
-        self.net = vgg(args.arch, init=args.init, **spec_kwargs(args, args.resize))
+        self.net = build(config)
+        self.net.collect_params().reset_ctx(self.ctx)  # the drawn weights, copied to each context
         self.parameters = count_parameters(self.net)[0]
-        self.net.initialize(ctx=self.ctx)
         # One batch shape in training (drop_last) and evaluation (padding): the static graph and
         # its memory are planned once.
         self.net.hybridize(static_alloc=True, static_shape=True)
-        self.trainer = make_optimizer(self.net, args, self.dp.kvstore)
+        self.trainer = make_optimizer(self.net, config, self.dp.kvstore)
         parallel.prepare(self.dp, self.trainer)  # several workers: all start from rank 0's weights
 
     def start_epoch(self, epoch):
@@ -262,11 +251,11 @@ class Backend:
         loss, correct = parallel.total(sum(v.asscalar() for v in out[0]), sum(v.asscalar() for v in out[1]))
         return loss, round(correct)
 
-    def evaluate(self, loader):
-        return evaluate(self.net, loader, self.ctx)
-
     def predict(self, x):
         return predict(self.net, x, self.ctx)
+
+    def total(self, *values):
+        return parallel.total(*values)  # several machines: over every worker's part
 
     def save_checkpoint(self, folder, epoch):
         save_checkpoint(folder, self.net, self.trainer, epoch)

@@ -55,16 +55,11 @@ def load(net: nn.Block, path, ctx=None) -> nn.Block:
     return from_canonical(net, load_weights(path)[0], ctx=ctx)
 
 
-def draw(args, path) -> None:
-    """The weights vgg_gluon.train.Backend starts from: mx.random.seed(--seed), vgg(--init), initialize()."""
-    from vgg_gluon.model import vgg
+def draw(config, path) -> None:
+    """The weights vgg_gluon.train.Backend starts from with this config (vgg_gluon.model.build)."""
+    from vgg_gluon.model import build
 
-    from common.cli import spec_kwargs
-
-    mx.random.seed(args.seed)
-    net = vgg(args.arch, init=args.init, **spec_kwargs(args, args.resize))
-    net.initialize(ctx=mx.cpu())
-    save(net, path, normalize=str(args.normalize))
+    save(build(config), path, normalize=str(config.normalize))
 
 
 def main(argv=None):

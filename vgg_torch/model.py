@@ -13,7 +13,7 @@ from torch import nn
 
 from common.arch import LRN, format_summary, make_spec
 
-__all__ = ["vgg_block", "init_weights", "vgg", "layer_shapes", "count_parameters", "summary"]
+__all__ = ["vgg_block", "init_weights", "vgg", "build", "layer_shapes", "count_parameters", "summary"]
 
 
 def vgg_block(num_convs, out_channels, in_channels, *, kernel_sizes=None, batch_norm=False, lrn=False):
@@ -82,6 +82,14 @@ def vgg(arch="vgg11", *, init="xavier", **spec_kwargs) -> nn.Sequential:
     net = nn.Sequential(layers)
     net.spec = spec
     return init_weights(net, init)
+
+
+def build(config) -> nn.Sequential:
+    """The model a run starts from, wherever it is built (vgg_torch.train.Backend, the
+    vgg_torch.weights --draw command): torch.manual_seed(config.seed), then config.spec drawn
+    with config.init. One function, so that the same flags always give the same start."""
+    torch.manual_seed(config.seed)
+    return vgg(config.spec, init=config.init)
 
 
 SUMMARY_LAYERS = ("block", "flatten", "fc")

@@ -20,11 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from common import training
-from common.cli import main_guard, parse_train_args, spec_kwargs
+from common.cli import main_guard, parse_train_args
 from common.errors import CheckpointError, reason
 from common.recipe import decays
 from vgg_torch import parallel, weights
-from vgg_torch.model import count_parameters, vgg
+from vgg_torch.model import build, count_parameters
 
 
 def train_step(net, optimizer, x, y, dtype=None):
@@ -76,18 +76,6 @@ def predict(net, x, device, dtype=None) -> np.ndarray:
         return net(torch.from_numpy(x).to(device, non_blocking=True)).float().cpu().numpy()
 
 
-def evaluate(net, loader, device, dtype=None) -> float:
-    """Accuracy over the whole loader in inference mode, under autocast to dtype if one is given
-    (--precision bfloat16), as training."""
-    net.eval()
-    correct = total = 0
-    for x, y, valid in training.padded_batches(loader):
-        correct += int((predict(net, x, device, dtype).argmax(1)[:valid] == y).sum())
-        total += valid
-    correct, total = parallel.total(correct, total)  # data parallel: each process saw its part
-    return correct / total
-
-
 def save_checkpoint(folder, net, optimizer, epoch: int) -> None:
     """model.safetensors (state_dict as is) + state.pt (optimiser, epoch, RNG states)."""
     save_file(
@@ -137,25 +125,22 @@ class Backend:
 
     framework = "torch"
 
-    def __init__(self, args):
-        self.dp = parallel.setup(args)  # under torchrun: this process's rank and device
+    def __init__(self, config):
+        self.dp = parallel.setup(config)  # under torchrun: this process's rank and device
         self.dev, self.primary, self.shard = self.dp.devices[0], self.dp.primary, self.dp.shard
-        self.device, self.seed, self.normalize = self.dp.describe, args.seed, args.normalize
-        self.dtype = torch.bfloat16 if args.precision == "bfloat16" else None  # autocast's; the weights stay float32
+        self.device, self.seed, self.normalize = self.dp.describe, config.seed, config.normalize
+        self.dtype = torch.bfloat16 if config.precision == "bfloat16" else None  # autocast's; the weights stay float32
         self.versions = {"torch": torch.__version__}
         self.threads = f"torch.get_num_threads() = {torch.get_num_threads()}"
-        torch.manual_seed(args.seed)
         # Channels-last memory, oneDNN's and cuDNN's fast convolution layout (32 px training 840 -> 936
         # ex/s; benchmarks/README.md); the state_dict's names and values stay, only strides change.
-        self.net = vgg(args.arch, init=args.init, **spec_kwargs(args, args.resize)).to(
-            self.dev, memory_format=torch.channels_last
-        )
+        self.net = build(config).to(self.dev, memory_format=torch.channels_last)
         self.parameters = count_parameters(self.net)[0]
-        self.optimizer = make_optimizer(self.net, args)
+        self.optimizer = make_optimizer(self.net, config)
         # torch.compile traces the model on the first step (tens of seconds) and again for
         # evaluation; it pays off on long GPU runs, rarely on a short CPU one.
         self.model = parallel.prepare(self.dp, self.net)  # DistributedDataParallel with several processes
-        self.model = torch.compile(self.model) if args.compile else self.model
+        self.model = torch.compile(self.model) if config.compile else self.model
 
     def start_epoch(self, epoch):
         torch.manual_seed(training.epoch_seed(self.seed, epoch) + self.shard[0])  # each process its own dropout masks
@@ -177,12 +162,12 @@ class Backend:
         loss, correct = parallel.total(*out)  # over every process's part of the global batch
         return loss, round(correct)
 
-    def evaluate(self, loader):
-        return evaluate(self.model, loader, self.dev, self.dtype)
-
     def predict(self, x):
         self.net.eval()
         return predict(self.model, x, self.dev, self.dtype)
+
+    def total(self, *values):
+        return parallel.total(*values)  # data parallel: over every process's part
 
     def save_checkpoint(self, folder, epoch):
         save_checkpoint(folder, self.net, self.optimizer, epoch)

@@ -78,13 +78,11 @@ def from_torchvision(state_dict, arch="vgg11") -> dict[str, np.ndarray]:
     return out
 
 
-def draw(args, path) -> None:
-    """The weights vgg_torch.train.Backend starts from: torch.manual_seed(--seed), then vgg(--init)."""
-    from common.cli import spec_kwargs
-    from vgg_torch.model import vgg
+def draw(config, path) -> None:
+    """The weights vgg_torch.train.Backend starts from with this config (vgg_torch.model.build)."""
+    from vgg_torch.model import build
 
-    torch.manual_seed(args.seed)
-    save(vgg(args.arch, init=args.init, **spec_kwargs(args, args.resize)), path, normalize=str(args.normalize))
+    save(build(config), path, normalize=str(config.normalize))
 
 
 def main(argv=None):
