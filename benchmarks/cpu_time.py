@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from common import PACKAGES
 from common.cli import fail
 from common.training import write_json
 
@@ -97,7 +98,7 @@ def main(argv=None):
     )
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--frameworks", nargs="+", default=["vgg_torch", "vgg_gluon", "vgg_flax"])
+    p.add_argument("--frameworks", nargs="+", default=list(PACKAGES))
     p.add_argument("--flax-variant", nargs="+", default=["default"], help="see above (default: default)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--repeat", type=int, default=1, help="measure everything this many times, in turn")

@@ -28,35 +28,16 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+from common import FRAMEWORKS
+from tests.frameworks import SMALL_RUN
+
 ROOT = Path(__file__).resolve().parents[1]
-FRAMEWORKS = ("torch", "gluon", "flax")
 MODES = ("uniform", "checkpoint", "uniform", "weights")  # where the kills fall, in turn
 
 
 def flags(steps: int) -> list[str]:
-    return [
-        "--width-ratio",
-        "8",
-        "--scale-classifier",
-        "--resize",
-        "32",
-        "--data-dir",
-        str(ROOT / "common" / "data"),
-        "--batch-size",
-        "32",
-        "--max-steps",
-        str(steps),
-        "--epochs",
-        "2",
-        "--optimizer",
-        "sgd",
-        "--momentum",
-        "0.9",
-        "--lr",
-        "0.01",
-        "--normalize",
-        "--no-progress",
-    ]  # dropout on: its RNG must resume too
+    # the tests' small run (tests/test_run_safety.py runs this benchmark); dropout on: its RNG must resume too
+    return [*SMALL_RUN, "--max-steps", str(steps), "--epochs", "2", "--lr", "0.01"]
 
 
 def start(fw: str, out: Path, argv: list[str]) -> subprocess.Popen:

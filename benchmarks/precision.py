@@ -21,9 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common import FRAMEWORKS
 from common.files import write_atomic
-
-FRAMEWORKS = ("torch", "gluon", "flax")
 
 
 def run(out: Path, seed: int, precision: str, args) -> dict:

@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import measure
+from common import FRAMEWORKS, measure
+from common import PACKAGES as OURS
 from common.arch import ArchError, flops_per_example, make_spec, parse_arch
 from common.cli import add_cpu_workarounds_arg, fail
 from common.data import SAMPLE_DIR, DataError, load_fashion_mnist
@@ -32,9 +33,8 @@ from common.training import write_json
 
 from .workers import PACKAGES
 
-OURS = ("vgg_torch", "vgg_gluon", "vgg_flax")
 PEERS = ("torchvision", "gluon_zoo")
-ALIASES = {"torch": "vgg_torch", "gluon": "vgg_gluon", "flax": "vgg_flax", "zoo": "gluon_zoo"}
+ALIASES = {**dict(zip(FRAMEWORKS, OURS)), "zoo": "gluon_zoo"}  # torch -> vgg_torch
 GOALS = {"vs_fastest": 0.8, "vs_torchvision": 1.0, "end_to_end": 0.95, "matmul_224": 0.5}
 
 

@@ -27,11 +27,12 @@ import sys
 import time
 from pathlib import Path
 
+from . import PACKAGES
 from .cli import fail, parse_train_args
 from .files import write_atomic
 from .training import write_json
 
-FRAMEWORKS = {"torch": "vgg_torch.train", "gluon": "vgg_gluon.train", "flax": "vgg_flax.train"}
+FRAMEWORKS = {package.removeprefix("vgg_"): f"{package}.train" for package in PACKAGES}  # name -> train command
 # handled here, or already resolved
 NOT_PASSED = {
     "help",

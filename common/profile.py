@@ -24,13 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-from common import measure
+from common import FRAMEWORKS as NAMES
+from common import PACKAGES, measure
 from common.arch import ArchError, VGGSpec, make_spec, parse_arch
 from common.cli import fail
 from common.training import write_atomic, write_json
 
-FRAMEWORKS = ("vgg_torch", "vgg_gluon", "vgg_flax")
-ALIASES = {"torch": "vgg_torch", "gluon": "vgg_gluon", "flax": "vgg_flax"}
+FRAMEWORKS = PACKAGES
+ALIASES = dict(zip(NAMES, PACKAGES))  # torch -> vgg_torch
 BYTES = {"float32": 4, "bfloat16": 2}
 ONE_THREAD = {
     "OMP_NUM_THREADS": "1",

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-FRAMEWORKS = ("vgg_torch", "vgg_gluon", "vgg_flax")
+from . import PACKAGES as FRAMEWORKS
 
 
 def run_model_cli(package: str, argv: list[str]) -> subprocess.CompletedProcess:

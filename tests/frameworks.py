@@ -1,4 +1,5 @@
-"""One adapter per framework, so that tests loop over the three the same way.
+"""One adapter per framework, so that tests loop over the three the same way; the small model
+and run that the training tests use (SMALL, SMALL_RUN); the optimisers' NumPy reference.
 
 Each adapter builds a model without allocating where its framework allows
 (torch's meta device, Gluon before `initialize`, `nnx.eval_shape`), and reports
@@ -8,9 +9,45 @@ shapes in NCHW so that they compare with `common.arch` directly. Logits come fro
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from common.weights import expected_canonical
+
+SAMPLE = Path(__file__).resolve().parents[1] / "common" / "data"  # the bundled Fashion-MNIST sample
+# The small model of every training test: VGG-11 at width ratio 8, its classifier scaled too, at 32 px.
+SMALL = ["--width-ratio", "8", "--scale-classifier", "--resize", "32"]
+# SMALL trained on the sample in batches of 32, SGD with momentum on standardised pixels, no bars.
+SMALL_RUN = [
+    *SMALL,
+    "--data-dir",
+    str(SAMPLE),
+    "--batch-size",
+    "32",
+    "--optimizer",
+    "sgd",
+    "--momentum",
+    "0.9",
+    "--normalize",
+    "--no-progress",
+]
+
+
+def reference_update(optimizer, w, grads, lrs, *, weight_decay=0.0, momentum=0.9, b1=0.9, b2=0.999, eps=1e-8):
+    """The weights after the updates that each make_optimizer must make, written from torch's
+    documentation in NumPy (float64): g + weight_decay * w, then SGD (v = momentum * v + g;
+    w -= lr * v) or Adam (bias-corrected, eps outside the square root), at lrs[t] in step t."""
+    w, m, v = w.astype(np.float64), 0.0, 0.0
+    for t, (g, lr) in enumerate(zip(grads, lrs, strict=True), 1):
+        g = g + weight_decay * w
+        if optimizer == "sgd":
+            m = momentum * m + g
+            w = w - lr * m
+        else:
+            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+            w = w - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    return w
 
 
 def random_canonical(spec, seed=0) -> dict[str, np.ndarray]:

@@ -7,23 +7,19 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from pathlib import Path
 
 import numpy as np
 import pytest
-from frameworks import random_canonical
+from frameworks import SAMPLE, SMALL, random_canonical
 
-from common import training
+from common import FRAMEWORKS, training
 from common.cli import parse_train_args
 from common.data import Loader, load_fashion_mnist
 from common.errors import DeviceError
 from common.weights import expected_canonical, save_weights, spec_metadata
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "common" / "data"
-FRAMEWORKS = ("torch", "gluon", "flax")
-FLAGS = ["--width-ratio", "8", "--scale-classifier", "--resize", "32", "--batch-size", "8", "--dropout", "0"]
-FLAGS += ["--device", "cpu", "--data-dir", str(SAMPLE), "--no-progress", "--epochs", "1"]
+FLAGS = [*SMALL, "--batch-size", "8", "--dropout", "0", "--device", "cpu", "--data-dir", str(SAMPLE), "--no-progress"]
+FLAGS += ["--epochs", "1"]
 # What common.training.run reads of a backend, written out by hand: the Protocol must declare these.
 CONTRACT = (
     "framework device versions parameters threads primary shard "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from common import FRAMEWORKS
 from common.cli import PRESETS, parse_train_args, preset_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def test_high_lr_warns_but_runs(capsys):
     assert "unusually high" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("fw", ["torch", "gluon", "flax"])
+@pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_train_script_rejects_bad_flag_and_missing_gpu(fw, tmp_path):
     """Through the real entry point, in a fresh process: exit code 2, a one-line error, no traceback.
     The GPU is hidden, so `--device gpu` fails the same way on a machine that has one."""

@@ -23,35 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from frameworks import SMALL_RUN
 from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "common" / "data"
-FLAGS = [
-    "--width-ratio",
-    "8",
-    "--scale-classifier",
-    "--resize",
-    "32",
-    "--data-dir",
-    str(SAMPLE),
-    "--batch-size",
-    "32",
-    "--max-steps",
-    "4",
-    "--optimizer",
-    "sgd",
-    "--momentum",
-    "0.9",
-    "--init",
-    "kaiming",
-    "--normalize",
-    "--lr",
-    "0.01",
-    "--dropout",
-    "0",
-    "--no-progress",
-]
+FLAGS = [*SMALL_RUN, "--max-steps", "4", "--init", "kaiming", "--lr", "0.01", "--dropout", "0"]
 TOL = 1e-5  # of each tensor's largest absolute value
 LAUNCHER_ENV = (
     "WORLD_SIZE",

@@ -12,22 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from frameworks import SAMPLE, SMALL, reference_update
 from safetensors.numpy import save_file
 
-from common import compare, recipe, training
+from common import FRAMEWORKS, compare, recipe, training
 from common.cli import PRESETS, parse_train_args
 from common.data import Loader, augment_batch, augment_draws, augment_pad
 from common.weights import WeightsError, expected_canonical, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "common" / "data"
-FRAMEWORKS = ["torch", "gluon", "flax"]
 BASE = [
-    "--width-ratio",
-    "8",
-    "--scale-classifier",
-    "--resize",
-    "32",
+    *SMALL,
     "--data-dir",
     str(SAMPLE),
     "--batch-size",
@@ -133,21 +128,6 @@ SMALL_BN = dict(
 )
 
 
-def reference(optimizer, w, grads, lrs, wd, decayed, momentum=0.9, b1=0.9, b2=0.999, eps=1e-8):
-    """The updates as torch documents them, in float64: g + wd * w on the decayed tensors, then
-    SGD (v = momentum * v + g; w -= lr * v) or Adam, with the learning rate of each step."""
-    w, m, v = w.astype(np.float64), 0.0, 0.0
-    for t, (g, lr) in enumerate(zip(grads, lrs), 1):
-        g = g + wd * w if decayed else g
-        if optimizer == "sgd":
-            m = momentum * m + g
-            w = w - lr * m
-        else:
-            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
-            w = w - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
-    return w
-
-
 def framework_updates(fw, optimizer, w0, grads, lrs, wd):
     """Canonical weights w0, then one framework's own optimiser (make_optimizer, set_lr) given
     these canonical gradients at these learning rates; returns the canonical weights."""
@@ -219,7 +199,7 @@ def test_weight_decay_and_a_changing_rate_follow_numpy(fw, optimizer):
     got = framework_updates(fw, optimizer, w0, grads, lrs, wd=0.05)
     for k in trainable:
         decayed = k.endswith(".weight") and ".bn" not in k  # hand-written: conv and fc weights only
-        want = reference(optimizer, w0[k], [g[k] for g in grads], lrs, 0.05, decayed)
+        want = reference_update(optimizer, w0[k], [g[k] for g in grads], lrs, weight_decay=0.05 if decayed else 0.0)
         np.testing.assert_allclose(got[k], want, rtol=0, atol=2e-6, err_msg=f"{fw} {optimizer} {k}")
     for k in ("block1.bn1.running_mean", "block1.bn1.running_var"):
         np.testing.assert_array_equal(got[k], w0[k])

@@ -18,29 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from frameworks import SMALL_RUN
 from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "common" / "data"
-FLAGS = [
-    "--width-ratio",
-    "8",
-    "--scale-classifier",
-    "--resize",
-    "32",
-    "--data-dir",
-    str(SAMPLE),
-    "--batch-size",
-    "32",
-    "--optimizer",
-    "sgd",
-    "--momentum",
-    "0.9",
-    "--lr",
-    "0.01",
-    "--normalize",
-    "--no-progress",
-]
+FLAGS = [*SMALL_RUN, "--lr", "0.01"]
 FRAMEWORKS = ["torch", "gluon", "flax"]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from common import PACKAGES
 from tools import side_by_side as sbs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def _mutate_vgg_block(text: str) -> str:
     return "".join(lines)
 
 
-@pytest.mark.parametrize("package", ["vgg_torch", "vgg_gluon", "vgg_flax"])
+@pytest.mark.parametrize("package", PACKAGES)
 def test_changing_vgg_block_changes_every_output(package):
     sources = sbs.read_sources(ROOT)
     before = sbs.generate(sources)

@@ -10,35 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from frameworks import SAMPLE, SMALL, SMALL_RUN, reference_update
 from safetensors.numpy import load_file
 
-from common import compare, training
+from common import FRAMEWORKS, compare, training
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "fashion-mnist"
-SAMPLE = ROOT / "common" / "data"
 # The real data set where it is at hand (development machines, CI), else the bundled sample.
 DATA = str(SHARED if (SHARED / "t10k-labels-idx1-ubyte.gz").is_file() else SAMPLE)
 # 300 steps of 64: one pass over 19,200 images, or 4 x 75 steps over the sample's 6,000.
 EPOCHS, STEPS = (1, 300) if DATA == str(SHARED) else (4, 75)
-SMALL = ["--width-ratio", "8", "--scale-classifier", "--resize", "32"]
-TINY = [
-    *SMALL,
-    "--data-dir",
-    str(SAMPLE),
-    "--batch-size",
-    "32",
-    "--max-steps",
-    "4",
-    "--optimizer",
-    "sgd",
-    "--momentum",
-    "0.9",
-    "--init",
-    "kaiming",
-    "--normalize",
-]  # + --lr
-FRAMEWORKS = ["torch", "gluon", "flax"]
+TINY = [*SMALL_RUN, "--max-steps", "4", "--init", "kaiming"]  # + --lr
 CHECKPOINT_FILES = {
     "torch": {"model.safetensors", "state.pt", "epoch.json"},
     "gluon": {"model.params", "trainer.states", "state.json"},
@@ -174,7 +157,7 @@ def test_compare_reports_three_frameworks(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert [row["framework"] for row in report["rows"]] == FRAMEWORKS
+    assert [row["framework"] for row in report["rows"]] == ["torch", "gluon", "flax"]
     assert all(row["status"] == "finished" and row["parameters"] == 445_482 for row in report["rows"])
     assert report["same_init"] and (tmp_path / "init.safetensors").is_file()  # the default: one start for all
     speed, accuracy = [
@@ -241,19 +224,6 @@ def test_compare_redoes_its_own_runs(tmp_path, monkeypatch):
     assert [a.count("--resume") for a in calls] == [0, 0, 0, 1, 1, 1]
 
 
-def reference_update(optimizer, w, grads, lr, momentum=0.9, b1=0.9, b2=0.999, eps=1e-8):
-    """The update each make_optimizer must give, written from torch's documentation in NumPy (float64)."""
-    w, m, v = w.astype(np.float64), 0.0, 0.0
-    for t, g in enumerate(grads, 1):
-        if optimizer == "sgd":
-            m = momentum * m + g
-            w = w - lr * m
-        else:
-            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
-            w = w - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
-    return w
-
-
 def apply_updates(fw, optimizer, w0, grads, lr, momentum):
     """One weight vector, given gradients, the framework's own make_optimizer."""
     from argparse import Namespace
@@ -303,7 +273,7 @@ def test_optimizers_follow_the_same_update(fw, optimizer, lr, momentum):
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=8).astype(np.float32)
     grads = [(rng.normal(size=8) * 10.0 ** -rng.integers(2, 9, size=8)).astype(np.float32) for _ in range(8)]
-    want = reference_update(optimizer, w0, grads, lr, momentum)
+    want = reference_update(optimizer, w0, grads, [lr] * len(grads), momentum=momentum)
     assert np.abs(want - w0).max() > 1e-3  # the weights do move
     np.testing.assert_allclose(apply_updates(fw, optimizer, w0, grads, lr, momentum), want, rtol=0, atol=1e-6)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from frameworks import random_canonical
 
+from common import FRAMEWORKS, PACKAGES
 from common.arch import CONFIGS, D2L_CONV_ARCH, expected_counts, make_spec
 from common.data import SAMPLE_DIR
 from common.weights import (
@@ -395,7 +396,7 @@ def test_evaluate_commands_agree(tmp_path, capsys):
     assert len(set(counts.values())) == 1, counts
 
 
-@pytest.mark.parametrize("mod", ["vgg_torch", "vgg_gluon", "vgg_flax"])
+@pytest.mark.parametrize("mod", PACKAGES)
 def test_evaluate_errors_are_one_line(tmp_path, capsys, mod):
     import importlib
 
@@ -415,7 +416,7 @@ def test_evaluate_errors_are_one_line(tmp_path, capsys, mod):
 # --- the same start: python -m vgg_X.weights --draw and the train command's Backend ----------
 
 
-@pytest.mark.parametrize("fw", ["torch", "gluon", "flax"])
+@pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_draw_gives_the_weights_that_training_starts_from(tmp_path, capsys, fw):
     """`vgg_X.weights --draw` and `vgg_X.train.Backend`, built from the same flags, hold the same
     weights to the bit (both call vgg_X.model.build); another --seed draws other weights."""
