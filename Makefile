@@ -18,11 +18,13 @@ $(VENV)/.installed: pyproject.toml
 # for the three on 2 cores) in PyTorch, Gluon and Flax, one after another, from the same initial
 # weights; report in runs/compare/
 # ARGS come last, so they win (e.g. ARGS='--max-steps 100' for a quick look).
-# Fashion-MNIST from ../shared/fashion-mnist where it is (development machines, CI); elsewhere
-# the loader downloads it (or falls back to its bundled sample, and says so).
-SHARED_DATA := $(wildcard $(CURDIR)/../shared/fashion-mnist)
+# Fashion-MNIST: DATA=PATH passes --data-dir PATH (a folder with the four files). Without it, a
+# copy in ../shared/fashion-mnist beside the checkout is used where there is one; else the loader
+# reads $$FASHION_MNIST_DIR, else its cache, downloading the files there on first use (offline:
+# the bundled sample, and the report says so).
+DATA ?= $(wildcard $(CURDIR)/../shared/fashion-mnist)
 run: $(VENV)/.installed
-	$(PY) -m common.compare --preset cpu $(if $(SHARED_DATA),--data-dir $(SHARED_DATA)) $(ARGS)
+	$(PY) -m common.compare --preset cpu $(if $(DATA),--data-dir $(DATA)) $(ARGS)
 
 summary: $(VENV)/.installed
 	$(PY) -m common.summary $(ARGS)

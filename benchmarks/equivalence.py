@@ -87,7 +87,9 @@ def compare(a, b):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", help="folder with the IDX files (default: as load_fashion_mnist finds them)")
+    p.add_argument(
+        "--data-dir", metavar="PATH", help="folder with the IDX files (default: as load_fashion_mnist finds them)"
+    )
     p.add_argument("--arch", nargs="+", default=["vgg11", "vgg11_bn"])
     p.add_argument("--width-ratio", type=int, default=4)
     p.add_argument("--image-size", type=int, default=64)

@@ -42,7 +42,9 @@ def measure(images, labels, size, *, batch_size=128, max_batches=None, prefetch=
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", help="folder with the IDX files (default: as load_fashion_mnist finds them)")
+    p.add_argument(
+        "--data-dir", metavar="PATH", help="folder with the IDX files (default: as load_fashion_mnist finds them)"
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 96, 224])
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--max-batches", type=int, default=None, help="stop each size early (default: one full epoch)")

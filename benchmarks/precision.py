@@ -42,7 +42,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--preset", default="cpu", help="common.cli's preset the runs use (default cpu)")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--data-dir", help="Fashion-MNIST folder (default: as the train scripts find it)")
+    p.add_argument("--data-dir", metavar="PATH", help="Fashion-MNIST folder (default: as the train scripts find it)")
     p.add_argument("--out", default="runs/precision", help="the runs' folders (default runs/precision)")
     p.add_argument("--report", default="benchmarks/results/precision/summary.json")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further training flags, last")

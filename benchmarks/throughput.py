@@ -87,7 +87,7 @@ def parse_args(argv=None):
         default=2,
         help="untimed steps first (default 2); the first is reported, and their overhead",
     )
-    p.add_argument("--data-dir", help="Fashion-MNIST folder (default: as load_fashion_mnist finds it)")
+    p.add_argument("--data-dir", metavar="PATH", help="Fashion-MNIST folder (default: as load_fashion_mnist finds it)")
     p.add_argument("--prefetch", type=int, default=2, help="loader batches prepared ahead (default 2, the Loader's)")
     p.add_argument("--matmul-sizes", type=int, nargs="+", default=[2048, 4096])
     p.add_argument("--matmul-repeats", type=int, default=3)

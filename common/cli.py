@@ -275,6 +275,7 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--data-dir",
+        metavar="PATH",
         help="folder with the four Fashion-MNIST files (default: $FASHION_MNIST_DIR, "
         "the download cache, else the bundled sample)",
     )

@@ -37,7 +37,7 @@ MIRRORS = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
 )
-FILES = {  # md5 of each .gz as published by Zalando (also in ../shared/fashion-mnist/README.md)
+FILES = {  # md5 of each .gz as Zalando publishes them (the data set's README)
     "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
     "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
@@ -473,7 +473,11 @@ def save_image_grid(path, images, labels, *, ncols=8, predictions=None) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Find (or download) Fashion-MNIST and say which data set it is.")
-    p.add_argument("--data-dir", help="folder with the four IDX files (default: $FASHION_MNIST_DIR, then the cache)")
+    p.add_argument(
+        "--data-dir",
+        metavar="PATH",
+        help="folder with the four IDX files (default: $FASHION_MNIST_DIR, then the cache)",
+    )
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--grid", metavar="PNG", help="also save a grid of the first 32 training images")
     args = p.parse_args(argv)

@@ -50,6 +50,7 @@ def evaluate_main(prog: str, argv, *, framework: str, backend) -> float:
     )
     p.add_argument(
         "--data-dir",
+        metavar="PATH",
         help="folder with the four Fashion-MNIST IDX files (default: $FASHION_MNIST_DIR, "
         "the cache, a download, else the bundled sample)",
     )

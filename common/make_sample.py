@@ -1,6 +1,6 @@
 """Regenerate the bundled Fashion-MNIST sample in common/data/ from the four full files.
 
-    python -m common.make_sample --src ../shared/fashion-mnist [--out common/data]
+    python -m common.make_sample --src PATH [--out common/data]   # PATH: the four full files
 
 The sample is 600 training and 100 test images of each class, drawn without replacement
 with a fixed seed and kept in their original file order, written as gzipped IDX files
