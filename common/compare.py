@@ -334,7 +334,8 @@ def main(argv=None):
             type=int,
             nargs="+",
             metavar="S",
-            help="repeat the comparison for each seed (instead of --seed), each into <out>/seed-S/, then "
+            help="repeat the comparison for each seed (instead of --seed), each into <out>/seed-S/ "
+            "(default --out runs/compare-seeds), then "
             "write <out>/report.md, .json and .png over the seeds: means with 95%% intervals and the "
             "differences between frameworks paired by seed (common/seeds.py). Run again, it keeps the "
             "seeds that finished with the same flags and runs the rest (with --resume the interrupted "

@@ -80,7 +80,9 @@ def run_seeds(args, argv_child: list[str], frameworks: list[str], single) -> Non
     seeds = args.seeds
     if len(set(seeds)) != len(seeds):
         fail(f"--seeds: each seed once, got {' '.join(map(str, seeds))}")
-    out = Path(args.out or "runs/compare")
+    out = Path(args.out or "runs/compare-seeds")
+    if (out / "report.json").is_file() and "seeds" not in json.loads((out / "report.json").read_text()):
+        fail(f"{out} holds a single comparison (its report.json has no seeds); give --seeds another --out")
     flags = common_flags(argv_child)
     same_init = args.same_init and not args.init_from
     if not args.rewrite_report:

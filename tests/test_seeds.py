@@ -199,3 +199,13 @@ def test_interrupted_multi_seed_run_continues_with_the_next_seed(tmp_path):
     assert [p["metric"] for p in report["pairs"]] == list(stats.METRICS)  # torch - gluon, each metric
     seed1 = json.loads((tmp_path / "seed-1" / "report.json").read_text())
     assert "--seed=1" in seed1["flags"] and all(row["status"] == "finished" for row in seed1["rows"])
+
+
+def test_seeds_refuse_a_single_comparison_folder(tmp_path, capsys):
+    """--seeds writes its report over the seed folders in --out: a folder holding one comparison's
+    report is not overwritten."""
+    (tmp_path / "report.json").write_text(json.dumps({"flags": [], "rows": []}))
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--seeds", "0", "1", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "holds a single comparison" in capsys.readouterr().err
+    assert json.loads((tmp_path / "report.json").read_text()) == {"flags": [], "rows": []}
