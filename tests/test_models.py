@@ -157,3 +157,23 @@ def test_parameter_names_follow_one_scheme(fw):
         + ["fc1", "fc2", "fc3"]
     )
     assert layers == expected
+
+
+def test_d2l_init_under_the_same_start_is_the_same_values(fw):
+    """common.compare's same start with --init d2l: PyTorch draws the weights (vgg_torch.weights.draw's
+    way), each framework loads them, and each holds exactly PyTorch's values, non-zero biases included."""
+    import torch
+
+    from vgg_torch.model import vgg as torch_vgg
+    from vgg_torch.weights import to_canonical
+
+    kw = dict(width_ratio=8, scale_classifier=True, image_size=32)
+    torch.manual_seed(0)
+    drawn = to_canonical(torch_vgg("vgg11", init="d2l", **kw))
+    assert np.abs(drawn["block1.conv1.bias"]).max() > 0.1  # d2l's biases, not zeros
+    net = fw.build(make_spec("vgg11", **kw))
+    own = fw.weights.to_canonical(net)
+    assert not np.array_equal(own["block1.conv1.weight"], drawn["block1.conv1.weight"])  # its own draw first
+    fw.weights.from_canonical(net, drawn)
+    got = fw.weights.to_canonical(net)
+    assert got.keys() == drawn.keys() and all(np.array_equal(got[k], drawn[k]) for k in drawn)

@@ -102,6 +102,14 @@ def test_paired_differences_and_sentences_by_hand():
     # gluon - flax examples/s: 490, 585, 430, 485
     assert pair["gluon", "flax", "examples_per_sec"]["sentence"].startswith("gluon is ahead of flax by 497.5")
 
+    # Student's t, not the normal: differences 0.002, 0.006, 0.000, 0.004: mean 0.003; deviations
+    # -0.001, 0.003, -0.003, 0.001, squares 2e-5; sd sqrt(2e-5 / 3) = 0.0025820, sd / 2 = 0.0012910;
+    # T3 gives 0.003 -+ 0.0041085 = -0.0011 to 0.0071, which holds 0; the normal's 1.96 would give
+    # 0.00047 to 0.00553 and call a difference
+    d, _ = stats.paired(dict(enumerate([0.852, 0.856, 0.850, 0.854])), dict(enumerate([0.850] * 4)))
+    assert (d.low, d.high) == (pytest.approx(0.003 - 0.0041085, abs=1e-6), pytest.approx(0.003 + 0.0041085, abs=1e-6))
+    assert stats.sentence("torch", "gluon", d, "test_acc") == "no difference beyond seed-to-seed spread"
+
     # the same paired test that SciPy's ttest_rel makes (its p-value, here for torch - gluon accuracy)
     from scipy import stats as scipy_stats
 
