@@ -168,7 +168,9 @@ PRESET_HELP = """\
 presets (each sets the flags below as defaults; flags you give still win):
   d2l  the default: the d2l recipe (d2l.train_ch6), VGG-11 at width ratio 4, 224 px,
        SGD lr 0.05, batch 128, 10 epochs, Xavier init. Made for a GPU (d2l reports test
-       accuracy 0.925); on a CPU one epoch at 224 px takes hours.
+       accuracy 0.925); on a CPU one epoch at 224 px takes hours. d2l's PyTorch code exactly:
+       add --init d2l --pixels d2l (its biases and its resize); it also trains on each epoch's
+       last partial batch, which this project drops.
   cpu  for a CPU (a laptop, a 2-core box): 32 px, Adam lr 0.001, pixels standardised with the
        training set's mean and std, 1 epoch: 0.86 test accuracy in each framework, one epoch
        taking 2-8 minutes on 2 busy cores. (Plain SGD lr 0.05 at 32 px stays at chance.)

@@ -190,7 +190,8 @@ def write_report(out: Path, seeds, frameworks, results, rows_by_seed, missing) -
         "Each value is the mean over the seeds with its 95% interval, Student's t with n - 1 degrees of freedom "
         "(scipy.stats). A difference a - b is paired by seed, since each seed is one start shared by the "
         "frameworks: its interval is the paired t interval of the differences, and p the paired t test's. "
-        "Ahead: higher accuracy, lower loss, more examples/s. examples/s depend on the machine's load at the "
+        "Ahead: higher accuracy, lower loss, more examples/s. The final training loss is the last epoch's "
+        "mean, as d2l prints it. examples/s depend on the machine's load at the "
         "time more than on the seed. Each seed's own report: "
         + ", ".join(f"[seed {s}](seed-{s}/report.md)" for s in done)
         + ".\n\n![over seeds](report.png)\n"
@@ -202,7 +203,6 @@ def write_report(out: Path, seeds, frameworks, results, rows_by_seed, missing) -
             "seeds": seeds,
             "finished_seeds": done,
             "missing_seeds": missing,
-            "frameworks": frameworks,
             "flags": flags,
             "data": data,
             "same_init": same,
@@ -233,6 +233,7 @@ def save_plot(path, summary: dict, frameworks: list[str], rows_by_seed: dict) ->
     the mean over seeds as a line and the band from the lowest to the highest seed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: slow, and only the plot needs it
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     fig = Figure(figsize=(13, 8.5))
     FigureCanvasAgg(fig)
@@ -281,9 +282,13 @@ def save_plot(path, summary: dict, frameworks: list[str], rows_by_seed: dict) ->
         n_seeds = max(n_seeds, len(curves))
         ax.fill_between(x, ys.min(axis=0), ys.max(axis=0), color=colours[f], alpha=0.2, lw=0)
         ax.plot(x, ys.mean(axis=0), "-", color=colours[f], lw=1.2, label=f"{f} ({len(curves)} seeds)")
+    ax.set_yscale("log")  # the late part of the curve, where the frameworks might part, gets the room
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.4, not 4 x 10^-1
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set(
         xlabel="epoch",
-        ylabel="training loss",
+        ylabel="training loss (log scale)",
         title=f"training loss: mean over the seeds, band from the lowest to the highest of {n_seeds}",
     )
     ax.grid(alpha=0.3)
