@@ -68,6 +68,11 @@ D2L_CONV_ARCH = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
 # implementation here all do.
 LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 
+# The initialisations every framework offers (--init): xavier (Xavier-uniform weights, zero
+# biases: the gluonbook), d2l (Xavier-uniform weights, biases uniform within +-1/sqrt(fan_in):
+# d2l's PyTorch code), kaiming (torchvision's). vgg_X.model says how each framework draws them.
+INITS = ("xavier", "d2l", "kaiming")
+
 HIDDEN_UNITS = 4096
 
 

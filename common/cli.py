@@ -8,8 +8,8 @@ import math
 import os
 import sys
 
-from .arch import ArchError, make_spec, parse_arch, valid_names
-from .data import DataError
+from .arch import INITS, ArchError, make_spec, parse_arch, valid_names
+from .data import PIXELS, DataError
 from .errors import RunError
 from .weights import WeightsError, expected_canonical
 
@@ -172,7 +172,9 @@ PRESET_HELP = """\
 presets (each sets the flags below as defaults; flags you give still win):
   d2l  the default: the d2l recipe (d2l.train_ch6), VGG-11 at width ratio 4, 224 px,
        SGD lr 0.05, batch 128, 10 epochs, Xavier init. Made for a GPU (d2l reports test
-       accuracy 0.925); on a CPU one epoch at 224 px takes hours.
+       accuracy 0.925); on a CPU one epoch at 224 px takes hours. d2l's PyTorch code exactly:
+       add --init d2l --pixels d2l (its biases and its resize); it also trains on each epoch's
+       last partial batch, which this project drops.
   cpu  for a CPU (a laptop, a 2-core box): 32 px, Adam lr 0.001, pixels standardised with the
        training set's mean and std, 1 epoch: 0.86 test accuracy in each framework, one epoch
        taking 2-8 minutes on 2 busy cores. (Plain SGD lr 0.05 at 32 px stays at chance.)
@@ -249,10 +251,21 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="standardise pixels with the training set's mean and std (d2l: off, 0-1 pixels)",
     )
     g.add_argument(
+        "--pixels",
+        choices=PIXELS,
+        default="float",
+        help="float: scale the pixels to 0-1 (and standardise), then resize them bilinearly (the "
+        "default); d2l: as d2l's data loader, resize the 0-255 image with Pillow's bilinear filter, "
+        "rounded to whole values, then scale to 0-1 (every pixel a whole multiple of 1/255). They "
+        "differ by up to 1/255 a pixel",
+    )
+    g.add_argument(
         "--init",
-        choices=("xavier", "kaiming"),
+        choices=INITS,
         default=d["init"],
-        help="xavier: Xavier-uniform (d2l); kaiming: torchvision's Kaiming-normal fan-out (default %(default)s)",
+        help="xavier: Xavier-uniform weights, zero biases (the gluonbook, d2l's MXNet code); d2l: "
+        "Xavier-uniform weights, biases uniform within +-1/sqrt(fan_in) as PyTorch draws them (d2l's "
+        "PyTorch code); kaiming: torchvision's Kaiming-normal fan-out, zero biases (default %(default)s)",
     )
     g.add_argument(
         "--seed", type=int, default=0, help="one seed for initialisation, batch order and dropout (default 0)"

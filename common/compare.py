@@ -44,6 +44,7 @@ NOT_PASSED = {
     "same_init",
     "concurrently",
     "rewrite_report",
+    "seeds",
 }
 DRAWS = "torch"  # --same-init: the framework that draws the initial weights (see the docstring)
 
@@ -329,6 +330,19 @@ def main(argv=None):
             "runs there (their metrics.json and the earlier report.json), e.g. after a long run "
             "that was resumed by hand",
         )
+        p.add_argument(
+            "--seeds",
+            type=int,
+            nargs="+",
+            metavar="S",
+            help="repeat the comparison for each seed (instead of --seed), each into <out>/seed-S/ "
+            "(default --out runs/compare-seeds), then "
+            "write <out>/report.md, .json and .png over the seeds: means with 95%% intervals and the "
+            "differences between frameworks paired by seed (common/seeds.py). Run again, it keeps the "
+            "seeds that finished with the same flags and runs the rest (with --resume the interrupted "
+            "one continues from its checkpoints where every framework has one); with --rewrite-report "
+            "it only writes the report",
+        )
 
     args = parse_train_args(
         argv,
@@ -340,6 +354,11 @@ def main(argv=None):
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
     if unknown or not frameworks:
         fail(f"--frameworks: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(FRAMEWORKS)}")
+    if args.seeds is not None:  # over seeds: common.seeds calls this main once per seed
+        from .cli import train_parser
+        from .seeds import run_seeds
+
+        return run_seeds(args, child_argv(args, train_parser("", "")), frameworks, main)
     out = Path(args.out or "runs/compare")
     out.mkdir(parents=True, exist_ok=True)
     from .cli import train_parser

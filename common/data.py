@@ -294,6 +294,53 @@ def resize_bilinear(images, size: int, out=None) -> np.ndarray:
     return out
 
 
+PIXELS = ("float", "d2l")  # Loader(pixels=...) and --pixels
+_PRECISION_BITS = 22  # Pillow's fixed point for 8-bit images: 32 - 8 - 2 bits of fraction
+
+
+@functools.cache
+def _pillow_matrix(n_in: int, n_out: int) -> np.ndarray:
+    # Pillow's bilinear weights (libImaging/Resample.c, precompute_coeffs with the triangle filter,
+    # support 1 widened by the scale when shrinking; then normalize_coeffs_8bpc): row i holds output
+    # pixel i's weights, normalised to sum 1, rounded half away from zero to whole 2**-22 steps.
+    scale = n_in / n_out
+    widen = max(scale, 1.0)
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = (i + 0.5) * scale
+        lo, hi = max(int(centre - widen + 0.5), 0), min(int(centre + widen + 0.5), n_in)
+        w = np.maximum(1.0 - np.abs((np.arange(lo, hi) - centre + 0.5) / widen), 0.0)
+        m[i, lo:hi] = w / w.sum() if w.sum() else w
+    m = np.trunc(m * (1 << _PRECISION_BITS) + np.where(m < 0, -0.5, 0.5))
+    m.flags.writeable = False  # cached and shared
+    return m
+
+
+def resize_like_pillow(images, size: int) -> np.ndarray:
+    """(N, H, W) uint8 -> (N, size, size) uint8, bit for bit what Pillow's
+    Image.resize((size, size), Image.BILINEAR) gives for each image (torchvision's Resize on a
+    PIL image, d2l's load_data_fashion_mnist): rows first, then columns, each pass in Pillow's
+    fixed point and rounded to whole 0-255 values. Written in NumPy, not a call into Pillow, so
+    that common needs no image library and resizes a batch at once; tests/test_data.py checks
+    it against Pillow itself. The sums are whole numbers below 2**53, exact in float64 whatever
+    the BLAS kernel or the batch, so an image's pixels never depend on its batch."""
+    x = np.asarray(images)
+    if x.dtype != np.uint8:
+        raise ValueError(f"resize_like_pillow takes uint8 images (0-255), got {x.dtype}")
+    n, h, w = x.shape
+    one, half = 2.0**-_PRECISION_BITS, float(1 << (_PRECISION_BITS - 1))
+
+    def rounded(t):  # Pillow's (sum + half) >> 22, clipped to 0-255
+        t += half
+        t *= one
+        return np.clip(np.floor(t, out=t), 0, 255, out=t)
+
+    t = rounded(x.reshape(n * h, w).astype(np.float64) @ _pillow_matrix(w, size).T)  # along rows: (N*H, size)
+    t = t.reshape(n, h, size).transpose(1, 0, 2).reshape(h, n * size)  # one product for the whole batch
+    y = rounded(_pillow_matrix(h, size) @ t)  # along columns: (size, N*size)
+    return y.reshape(size, n, size).transpose(1, 0, 2).astype(np.uint8)
+
+
 def augment_pad(size: int) -> int:
     """--augment's crop padding: 4 px at 32 px (the CIFAR recipe of torchvision and the Gluon examples),
     in proportion at other sizes (28 px at 224)."""
@@ -335,7 +382,13 @@ class Loader:
 
     augment=True: batch k of epoch e is cropped and flipped (augment_batch) after resizing, with
     augment_draws(np.random.default_rng((seed, e, 2, k)), ...) made for the whole global batch before
-    it is split into shards; the padding is augment_pad(resize) pixels of a black pixel's value."""
+    it is split into shards; the padding is augment_pad(resize) pixels of a black pixel's value.
+
+    pixels="float" (the default): pixels scaled to 0-1 (and standardised), then resized
+    (resize_bilinear). pixels="d2l": d2l's order (torchvision's Resize, then ToTensor): the
+    uint8 image resized as Pillow's bilinear filter does (resize_like_pillow), rounded to
+    whole values, then divided by 255, so every pixel is a whole multiple of 1/255 (then
+    standardised if normalize). The two differ by up to 1/255 a pixel."""
 
     def __init__(
         self,
@@ -351,6 +404,7 @@ class Loader:
         prefetch=2,
         shard=(0, 1),
         augment=False,
+        pixels="float",
     ):
         self.images, self.labels = np.asarray(images), np.asarray(labels).astype(np.int64, copy=False)
         if self.images.ndim != 3 or len(self.images) != len(self.labels):
@@ -362,6 +416,11 @@ class Loader:
         if not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard=(index, count) needs 0 <= index < count, got {shard}")
         self.shard = tuple(shard)
+        if pixels not in PIXELS:
+            raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
+        if pixels == "d2l" and self.images.dtype != np.uint8:
+            raise ValueError(f"pixels='d2l' resizes uint8 images (0-255), got {self.images.dtype}")
+        self.pixels = pixels
         self.local_batch_size = -(-batch_size // shard[1])  # rows of this shard's largest part
         # uint8 is 0-255, floats are taken as 0-1. Normalising before resizing is exact
         # because each output pixel's weights sum to 1, and it touches 64x fewer pixels at 224.
@@ -382,6 +441,8 @@ class Loader:
             draws = augment_draws(np.random.default_rng((self.seed, epoch, 2, k)), len(idx), augment_pad(self.size))
         part = np.array_split(np.arange(len(idx)), self.shard[1])[self.shard[0]]
         idx = idx[part]
+        if self.pixels == "d2l":
+            return self._batch_d2l(idx, draws if self.augment else None, part)
         x = self.images[idx].astype(np.float32)
         x *= np.float32(self._scale)
         if self._shift:
@@ -398,6 +459,24 @@ class Loader:
                 *(d[part] for d in draws),
                 augment_pad(self.size),
                 np.float32(self._shift),
+            )
+        return out, self.labels[idx]
+
+    def _batch_d2l(self, idx, draws, part):
+        """pixels='d2l': resize the uint8 image, then ToTensor's img.float().div(255), then standardise."""
+        u8 = self.images[idx]
+        b, h, w = u8.shape
+        if (h, w) != (self.size, self.size):
+            u8 = resize_like_pillow(u8, self.size)
+        out = u8.astype(np.float32).reshape(b, 1, self.size, self.size)
+        out /= np.float32(255)
+        shift = (np.float32(0) - np.float32(MEAN)) / np.float32(STD) if self.normalize else np.float32(0)
+        if self.normalize:  # torchvision's Normalize(MEAN, STD): (x - mean) / std
+            out -= np.float32(MEAN)
+            out /= np.float32(STD)
+        if draws is not None:
+            augment_batch(
+                out.reshape(b, self.size, self.size), *(d[part] for d in draws), augment_pad(self.size), shift
             )
         return out, self.labels[idx]
 

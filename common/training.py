@@ -72,6 +72,7 @@ RESUME_KEYS = (
     "optimizer",
     "momentum",
     "normalize",
+    "pixels",
     "init",
     "seed",
     "max_steps",
@@ -110,6 +111,7 @@ class TrainConfig:
     optimizer: str
     momentum: float
     normalize: bool
+    pixels: str
     init: str
     seed: int
     device: str
@@ -763,6 +765,7 @@ def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Sta
         resize=config.resize,
         seed=config.seed,
         normalize=config.normalize,
+        pixels=config.pixels,
         shuffle=True,
         shard=shard,
         augment=config.augment,
@@ -774,6 +777,7 @@ def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Sta
         batch_size=config.batch_size,
         resize=config.resize,
         normalize=config.normalize,
+        pixels=config.pixels,
         shuffle=False,
         shard=shard,
     )

@@ -385,6 +385,45 @@ def test_resize_of_an_image_does_not_depend_on_its_batch(size):
         assert np.array_equal(resize_bilinear(images[part], size), whole[part])
 
 
+@pytest.mark.parametrize("size", [32, 96, 224, 20])
+def test_resize_like_pillow_is_pillow_bit_for_bit(size):
+    """d2l's pixels: Pillow's own Image.resize(BILINEAR) of each uint8 image is the truth (20 px:
+    a shrink, where Pillow widens its filter)."""
+    image_mod = pytest.importorskip("PIL.Image")
+    images = np.concatenate([sample_dataset().train_images[:48], small(16)[0]])  # real, and random noise
+    want = np.stack([np.asarray(image_mod.fromarray(im).resize((size, size), image_mod.BILINEAR)) for im in images])
+    got = data.resize_like_pillow(images, size)
+    assert got.dtype == np.uint8 and np.array_equal(got, want)
+    assert np.array_equal(data.resize_like_pillow(images[5:9], size), got[5:9])  # not the batch's doing
+
+
+@pytest.mark.parametrize("size", [32, 96, 224])
+def test_loader_d2l_pixels_are_torchvision_resize_then_to_tensor(size):
+    """--pixels d2l gives, bit for bit, what d2l's load_data_fashion_mnist gives: torchvision's
+    Resize(size) then ToTensor() on the PIL image of each Fashion-MNIST digit. The project's
+    default (float pixels resized) differs from it by at most 1/255 and at some pixels."""
+    transforms = pytest.importorskip("torchvision.transforms")
+    image_mod = pytest.importorskip("PIL.Image")
+    images, labels = sample_dataset().train_images[:40], np.arange(40)
+    d2l = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
+    want = np.stack([d2l(image_mod.fromarray(im)).numpy() for im in images])  # (40, 1, size, size)
+    x, y = next(iter(Loader(images, labels, batch_size=40, resize=size, shuffle=False, pixels="d2l", prefetch=0)))
+    assert x.dtype == np.float32 and np.array_equal(x, want) and np.array_equal(y, labels)
+    assert np.array_equal(np.round(x * 255) / np.float32(255), x)  # whole multiples of 1/255
+    plain = next(iter(Loader(images, labels, batch_size=40, resize=size, shuffle=False, prefetch=0)))[0]
+    diff = np.abs(plain - want)
+    assert 0 < diff.max() <= 1 / 255 + 1e-6 and (diff > 1e-6).mean() > 0.1
+
+
+def test_loader_d2l_pixels_normalized_and_refused_for_floats():
+    images, labels = small(8)
+    x = next(iter(Loader(images, labels, batch_size=8, resize=32, pixels="d2l", normalize=True, prefetch=0)))[0]
+    raw = next(iter(Loader(images, labels, batch_size=8, resize=32, pixels="d2l", prefetch=0)))[0]
+    assert np.allclose(x, (raw - MEAN) / STD, atol=1e-6)  # torchvision's Normalize(MEAN, STD) after ToTensor
+    with pytest.raises(ValueError, match="uint8"):
+        Loader(images.astype(np.float32) / 255, labels, resize=32, pixels="d2l")
+
+
 # ---------------------------------------------------------------------------- Loader
 
 

@@ -194,6 +194,29 @@ def test_compare_passes_every_flag_on_unchanged(flags):
     }
 
 
+def test_pixels_d2l_reaches_the_batches(tmp_path, monkeypatch):
+    """--pixels d2l is passed through the train command to the loaders it builds (training and test),
+    and is recorded in metrics.json's config; one step from the same start then ends elsewhere."""
+    from common import data
+
+    seen = []
+    real = data.Loader.__init__
+
+    def spy(self, *a, **kw):
+        seen.append(kw.get("pixels", "float"))
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(data.Loader, "__init__", spy)
+    runs = {
+        p: train("torch", tmp_path / p, *TINY, "--lr", "0.01", "--epochs", "1", "--max-steps", "1", "--pixels", p)
+        for p in ("float", "d2l")
+    }
+    assert seen == ["float", "float", "d2l", "d2l"]
+    assert runs["d2l"]["config"]["pixels"] == "d2l"
+    w = {p: load_file(str(tmp_path / p / "model.safetensors"))["block1.conv1.weight"] for p in runs}
+    assert not np.array_equal(w["d2l"], w["float"])
+
+
 def test_compare_reports_a_failing_framework(tmp_path, monkeypatch):
     monkeypatch.setitem(compare.FRAMEWORKS, "broken", "common.no_such_module")
     row = compare.run_one("broken", [], tmp_path / "broken")

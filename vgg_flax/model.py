@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from common.arch import LRN, format_summary, make_spec
+from common.arch import INITS, LRN, format_summary, make_spec
 
 __all__ = ["VGGBlock", "VGG", "vgg_block", "vgg", "build", "layer_shapes", "count_parameters", "summary", "to_nhwc"]
 
@@ -30,11 +30,20 @@ def to_nhwc(x):
 
 def _initializers(init: str):
     """(conv kernel, dense kernel) initialisers: the same distributions as vgg_torch.init_weights."""
-    if init == "xavier":  # Xavier/Glorot uniform
+    if init in ("xavier", "d2l"):  # Xavier/Glorot uniform
         return nnx.initializers.xavier_uniform(), nnx.initializers.xavier_uniform()
     if init == "kaiming":  # torchvision's; "normal", not he_normal's "truncated_normal", as torch's kaiming_normal_
         return nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), nnx.initializers.normal(0.01)
-    raise ValueError(f"unknown init {init!r}; use 'xavier' or 'kaiming'")
+    raise ValueError(f"unknown init {init!r}; use one of {', '.join(INITS)}")
+
+
+def _bias(init: str, fan_in: int):
+    """d2l: PyTorch's default bias, U(-1/sqrt(fan_in), 1/sqrt(fan_in)); else zero (Flax's default).
+    nnx.initializers.uniform draws from [0, scale), so the symmetric one is written out."""
+    if init != "d2l":
+        return nnx.initializers.zeros_init()
+    bound = fan_in**-0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def local_response_norm(x, size=LRN["size"], alpha=LRN["alpha"], beta=LRN["beta"], k=LRN["k"]):
@@ -53,7 +62,14 @@ class VGGBlock(nnx.Module):
         self.num_convs, self.batch_norm, self.lrn = len(kernel_sizes), batch_norm, lrn
         for j, k in enumerate(kernel_sizes, 1):
             conv = nnx.Conv(
-                in_channels, out_channels, (k, k), padding="SAME", kernel_init=conv_init, dtype=dtype, rngs=rngs
+                in_channels,
+                out_channels,
+                (k, k),
+                padding="SAME",
+                kernel_init=conv_init,
+                bias_init=_bias(init, in_channels * k * k),
+                dtype=dtype,
+                rngs=rngs,
             )
             setattr(self, f"conv{j}", conv)
             if batch_norm:  # momentum and epsilon as torch's and Gluon's defaults
@@ -102,9 +118,10 @@ class VGG(nnx.Module):
             cin = b.out_channels
         _, dense_init = _initializers(init)
         h = spec.hidden_units
-        self.fc1 = nnx.Linear(spec.flat_features, h, kernel_init=dense_init, dtype=dtype, rngs=rngs)
-        self.fc2 = nnx.Linear(h, h, kernel_init=dense_init, dtype=dtype, rngs=rngs)
-        self.fc3 = nnx.Linear(h, spec.num_classes, kernel_init=dense_init, dtype=dtype, rngs=rngs)
+        dense = lambda n_in, n_out: nnx.Linear(  # noqa: E731
+            n_in, n_out, kernel_init=dense_init, bias_init=_bias(init, n_in), dtype=dtype, rngs=rngs
+        )
+        self.fc1, self.fc2, self.fc3 = dense(spec.flat_features, h), dense(h, h), dense(h, spec.num_classes)
         self.dropout = nnx.Dropout(spec.dropout, rngs=rngs)
 
     def layers(self):

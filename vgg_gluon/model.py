@@ -11,19 +11,24 @@ from __future__ import annotations
 import mxnet as mx
 from mxnet.gluon import nn
 
-from common.arch import LRN, format_summary, make_spec
+from common.arch import INITS, LRN, format_summary, make_spec
 
 __all__ = ["vgg_block", "vgg", "build", "layer_shapes", "count_parameters", "summary"]
 
 
 def _initializers(init: str):
     """(conv weight, dense weight) initialisers: the same distributions as vgg_torch.init_weights."""
-    if init == "xavier":  # Xavier/Glorot uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out))
+    if init in ("xavier", "d2l"):  # Xavier/Glorot uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out))
         xavier = mx.init.Xavier(rnd_type="uniform", factor_type="avg", magnitude=3)
         return xavier, xavier
     if init == "kaiming":  # torchvision: Kaiming-normal fan-out for convs, N(0, 0.01) for dense layers
         return mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2), mx.init.Normal(0.01)
-    raise ValueError(f"unknown init {init!r}; use 'xavier' or 'kaiming'")
+    raise ValueError(f"unknown init {init!r}; use one of {', '.join(INITS)}")
+
+
+def _bias(init: str, fan_in: int):
+    """d2l: PyTorch's default bias, U(-1/sqrt(fan_in), 1/sqrt(fan_in)); else zero (Gluon's default)."""
+    return mx.init.Uniform(fan_in**-0.5) if init == "d2l" else "zeros"
 
 
 def _named(seq: nn.HybridSequential, **layers) -> nn.HybridSequential:
@@ -47,6 +52,7 @@ def vgg_block(num_convs, out_channels, in_channels, *, kernel_sizes=None, batch_
                 in_channels=in_channels,
                 activation=None if batch_norm else "relu",
                 weight_initializer=conv_init,
+                bias_initializer=_bias(init, in_channels * k * k),
             )
             _named(blk, **{f"conv{j}": conv})
             if batch_norm:
@@ -86,11 +92,19 @@ def vgg(arch="vgg11", *, init="xavier", **spec_kwargs) -> nn.HybridSequential:
         h = spec.hidden_units
         _named(
             net,  # Dense flattens NCHW in (C, H, W) order, as torch's nn.Flatten does
-            fc1=nn.Dense(h, activation="relu", in_units=spec.flat_features, weight_initializer=dense_init),
+            fc1=nn.Dense(
+                h,
+                activation="relu",
+                in_units=spec.flat_features,
+                weight_initializer=dense_init,
+                bias_initializer=_bias(init, spec.flat_features),
+            ),
             dropout1=nn.Dropout(spec.dropout),
-            fc2=nn.Dense(h, activation="relu", in_units=h, weight_initializer=dense_init),
+            fc2=nn.Dense(
+                h, activation="relu", in_units=h, weight_initializer=dense_init, bias_initializer=_bias(init, h)
+            ),
             dropout2=nn.Dropout(spec.dropout),
-            fc3=nn.Dense(spec.num_classes, in_units=h, weight_initializer=dense_init),
+            fc3=nn.Dense(spec.num_classes, in_units=h, weight_initializer=dense_init, bias_initializer=_bias(init, h)),
         )
     net.spec = spec
     return net

@@ -11,7 +11,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from common.arch import LRN, format_summary, make_spec
+from common.arch import INITS, LRN, format_summary, make_spec
 
 __all__ = ["vgg_block", "init_weights", "vgg", "build", "layer_shapes", "count_parameters", "summary"]
 
@@ -33,19 +33,22 @@ def vgg_block(num_convs, out_channels, in_channels, *, kernel_sizes=None, batch_
 
 
 def init_weights(net: nn.Module, init: str = "xavier") -> nn.Module:
-    """xavier: Xavier-uniform weights, zero biases (d2l / gluonbook).
-    kaiming: Kaiming-normal fan-out convs, N(0, 0.01) dense layers (torchvision)."""
-    if init not in ("xavier", "kaiming"):
-        raise ValueError(f"unknown init {init!r}; use 'xavier' or 'kaiming'")
+    """xavier: Xavier-uniform weights, zero biases (the gluonbook, d2l's MXNet code).
+    d2l: Xavier-uniform weights; the biases keep the draw the layers made when built, PyTorch's
+    default uniform within +-1/sqrt(fan_in) (d2l's PyTorch train_ch6 re-draws only the weights).
+    kaiming: Kaiming-normal fan-out convs, N(0, 0.01) dense layers, zero biases (torchvision)."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; use one of {', '.join(INITS)}")
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            if init == "xavier":
+            if init in ("xavier", "d2l"):
                 nn.init.xavier_uniform_(m.weight)
             elif isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             else:
                 nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
+            if init != "d2l":
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
