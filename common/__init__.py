@@ -1,0 +1,6 @@
+import sys as _sys
+
+if _sys.argv[:1] == ["-m"]:  # a command starting (python -m ...): Ctrl-C while the frameworks import ends in one line
+    from .signals import guard_start
+
+    guard_start()
