@@ -28,6 +28,10 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+from common.cli import main_guard
+from common.errors import RunError
+from common.runfolder import LOCK, MANIFEST
+
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("torch", "gluon", "flax")
 MODES = ("uniform", "checkpoint", "uniform", "weights")  # where the kills fall, in turn
@@ -92,7 +96,7 @@ def left_behind(out: Path) -> dict:
     state = {
         "pointer": None,
         "metrics_epochs": None,
-        "temp": sorted(p.name for p in out.glob(".*") if p.name != ".lock") if out.is_dir() else [],
+        "temp": sorted(p.name for p in out.glob(".*") if p.name not in (LOCK, MANIFEST)) if out.is_dir() else [],
     }
     try:
         state["pointer"] = json.loads((out / "checkpoint.json").read_text())["epoch"]
@@ -155,7 +159,7 @@ def trial(fw: str, folder: Path, argv: list[str], reference: Path, seconds: floa
         not row["differing_tensors"]
         and m["status"] == "finished"
         and len(m["epochs"]) == 2
-        and not [p.name for p in out.glob(".*")]
+        and not [p.name for p in out.glob(".*") if p.name != MANIFEST]
     )
     return row
 
@@ -190,6 +194,11 @@ def run(frameworks, tries: int, steps: int, seed: int = 0, folder: Path | None =
 
 
 def main(argv=None):
+    with main_guard():
+        _main(argv)
+
+
+def _main(argv):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     p.add_argument("--tries", type=int, default=10, help="kills per framework (default 10)")
@@ -208,7 +217,8 @@ def main(argv=None):
             f"{f['failures']} failures"
         )
     print(f"wrote {args.report}")
-    raise SystemExit(1 if failures else 0)
+    if failures:
+        raise RunError(f"{failures} resumed run(s) did not end with the uninterrupted run's weights", code=1)
 
 
 if __name__ == "__main__":

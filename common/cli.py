@@ -104,7 +104,7 @@ def main_guard():
         except EXPECTED as e:
             _end(str(e), e.code)
         except KeyboardInterrupt as e:
-            _end(signals.what(e), signals.exit_code(e))
+            _end(signals.what(e) + (f"; {e}" if str(e) else ""), signals.exit_code(e))
 
 
 def model_main(prog, argv, *, build, summary, count):

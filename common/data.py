@@ -481,16 +481,15 @@ def main(argv=None):
     p.add_argument("--data-dir", help="folder with the four IDX files (default: $FASHION_MNIST_DIR, then the cache)")
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--grid", metavar="PNG", help="also save a grid of the first 32 training images")
-    args = p.parse_args(argv)
-    try:
+    from .cli import main_guard  # the command line's edge; cli imports this module
+
+    with main_guard():
+        args = p.parse_args(argv)
         data = load_fashion_mnist(args.data_dir, download=not args.no_download)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(data.describe())
-    if args.grid:
-        save_image_grid(args.grid, data.train_images[:32], data.train_labels[:32])
-        print(f"saved {args.grid}")
+        print(data.describe())
+        if args.grid:
+            save_image_grid(args.grid, data.train_images[:32], data.train_labels[:32])
+            print(f"saved {args.grid}")
 
 
 if __name__ == "__main__":

@@ -48,10 +48,11 @@ def atomic_path(path):
         raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask())  # after the writer: some writers replace the file we made
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, str(path)) from None
+        try:
+            os.chmod(tmp, 0o666 & ~umask())  # after the writer: some writers replace the file we made
+            os.replace(tmp, path)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -59,5 +60,9 @@ def atomic_path(path):
 
 def write_atomic(path, data: bytes | str) -> None:
     """Write bytes (or text, as UTF-8) to `path` atomically, as atomic_path does."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+        except OSError as e:  # a full disk, a file-size limit: named by the file meant, not the temp file
+            raise OSError(e.errno, e.strerror, str(path)) from None

@@ -104,8 +104,9 @@ def check_out(out: Path, kind: str = "train") -> None:
 class FolderLock:
     """An exclusive lock on `out` for a command's whole life: flock on .lock, which holds the
     process id. The kernel releases it when the process ends, however it ends, so a killed run
-    leaves no stale lock. claim() also writes the manifest and clears what a killed run of this
-    project left half-written (its temporary names); call it after check_out."""
+    leaves no stale lock. claim() also clears what a killed run of this project left half-written
+    (its temporary names), and mark() writes the manifest; call them after check_out. As a
+    context manager it does both, and releases the lock at the end."""
 
     def __init__(self, out, kind: str = "train"):
         self.out, self.kind, self.path = Path(out), kind, Path(out) / LOCK
@@ -139,9 +140,12 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        clean(self.out)
+
+    def mark(self) -> None:
+        """Write the manifest, once the command is about to write its own files there."""
         if not (self.out / MANIFEST).is_file():
             write_atomic(self.out / MANIFEST, json.dumps({"project": PROJECT, "kind": self.kind}) + "\n")
-        clean(self.out)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -152,6 +156,7 @@ class FolderLock:
 
     def __enter__(self):
         self.claim()
+        self.mark()
         return self
 
     def __exit__(self, *exc):

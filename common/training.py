@@ -382,7 +382,8 @@ class Run:
                 epoch = backend.load_checkpoint(folder)
                 check_finite(backend.canonical(), folder)
             except Exception as e:  # each framework's own error for a missing or damaged file
-                problems.append(f"{folder.name}: {e if isinstance(e, CheckpointError) else reason(e)}")
+                problem = str(e).replace(f"{folder}{os.sep}", "") if isinstance(e, CheckpointError) else reason(e)
+                problems.append(f"{folder.name}: {problem}")  # each file named once, inside its folder
                 continue
             if problems:
                 say(
@@ -665,6 +666,8 @@ def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Sta
     files.writes = backend.primary  # data parallel: the first process prints and writes for all
     say = print if files.writes else (lambda *a, **k: None)
     files.claim()
+    if files.writes:
+        files.lock.mark()  # the folder is this project's from now on
     old, held = None, None
     if config.resume:
         old, candidates, problem = _resume(files, config, framework)

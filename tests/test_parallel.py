@@ -178,10 +178,10 @@ def test_shards_partition_each_global_batch(n, batch, drop_last):
 
 def test_devices_must_split_the_global_batch(capsys):
     from common.cli import parse_train_args
+    from common.errors import UsageError
 
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UsageError, match="--batch-size 32 is the global batch"):
         parse_train_args([*FLAGS, "--devices", "3"])
-    assert e.value.code == 2 and "--batch-size 32 is the global batch" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_train_args([*FLAGS, "--devices", "0"])
     assert parse_train_args([*FLAGS, "--devices", "2"]).devices == 2
