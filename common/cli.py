@@ -525,6 +525,10 @@ def check_train_args(args) -> None:
             f"--batch-size {args.batch_size} is the global batch and must split evenly over --devices "
             f"{args.devices}; use a multiple of {args.devices}"
         )
+    if args.data_dir is not None and not args.data_dir.strip():
+        raise UsageError(
+            '--data-dir "" names no folder; give the folder with the four Fashion-MNIST files, or leave the flag out'
+        )
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: give one or the other")
     if args.optimizer == "adam" and args.momentum:

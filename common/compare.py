@@ -529,8 +529,8 @@ def main(argv=None):
     with main_guard():
         args = parse_args(argv)
         out = Path(args.out or "runs/compare")
-        if args.resume and not args.rewrite_report:
-            held_runs(args, out)  # reads only: refused before anything is made (and again under the lock)
+        if not args.rewrite_report:
+            held_runs(args, out)  # refused before anything is made or locked (checked again under the lock)
         check_out(out, "compare")
         with FolderLock(out, "compare"):
             if args.rewrite_report:

@@ -470,3 +470,60 @@ def test_a_busy_folder_is_refused_before_the_data_is_read(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_resume_refuses_non_finite_weights_by_name_and_falls_back(done, tmp_path):
+    """NaN in the last checkpoint's weights: --resume names the tensor and continues from the epoch
+    before (before: it resumed from the NaN weights without a word)."""
+    from safetensors.numpy import save_file
+
+    fw, _ = done
+    if fw != "torch":
+        pytest.skip("one framework: the check is common.training's, on the loaded canonical weights")
+    out = copy(done, tmp_path)
+    path = out / "checkpoint-epoch2" / "model.safetensors"
+    t = tensors(path)
+    t["fc3.weight"][0, :3] = np.nan
+    save_file(t, str(path))
+    r = train(fw, out, "--epochs", "2", "--max-steps", "2", "--resume")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "checkpoint-epoch2: fc3.weight holds 3 NaN or infinite values" in r.stderr
+    assert "resumed from" in r.stdout and "after epoch 1" in r.stdout
+
+
+# ---------------------------------------------------------------------------- common.compare and signals
+
+
+def test_compare_passes_ctrl_c_to_its_child_and_reports(tmp_path):
+    """Ctrl-C during the first framework: the child stops as a train script does (exit 130, its
+    checkpoint kept), the report holds it marked interrupted and the next one not started, the
+    comparison exits 130 in one line, and no child is left (before: a traceback, no report)."""
+    import json
+
+    out = tmp_path / "cmp"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "common.compare", *FLAGS, "--frameworks", "torch,gluon", "--no-same-init"]
+        + ["--epochs", "2", "--max-steps", "40", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_default,
+    )
+    for line in p.stdout:
+        if line.startswith("epoch 1/2:"):
+            break
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    r = ended(p, 300)
+    lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines[-1].startswith("error: interrupted during torch") and "--resume continues" in lines[-1]
+    rows = {row["framework"]: row["status"] for row in json.loads((out / "report.json").read_text())["rows"]}
+    assert rows == {"torch": "interrupted (exit 130)", "gluon": "not started (interrupted)"}
+    assert json.loads((out / "torch" / "checkpoint.json").read_text())["epoch"] == 1
+    assert json.loads((out / "torch" / "metrics.json").read_text())["status"] == "interrupted"
+    alive = subprocess.run(["pgrep", "-f", f"--out={out}/"], capture_output=True, text=True).stdout.split()
+    assert not alive, alive
