@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+from safetensors import safe_open
 from tqdm import tqdm
 
 from .arch import make_spec
@@ -379,6 +380,7 @@ class Run:
             try:
                 if not folder.is_dir():
                     raise FileNotFoundError(f"no folder {folder.name}")
+                check_stored_floats(folder)
                 epoch = backend.load_checkpoint(folder)
                 check_finite(backend.canonical(), folder)
             except Exception as e:  # each framework's own error for a missing or damaged file
@@ -488,6 +490,23 @@ class Run:
         marked = self.ended("failed", message)
         note = "" if marked else " (metrics.json could not be marked failed either)"
         return RunError(f"{message}{note}; {self.kept()}")
+
+
+WEIGHT_NAMES = {"weight", "bias", "kernel", "scale", "mean", "var", "running_mean", "running_var"}
+
+
+def check_stored_floats(folder: Path) -> None:
+    """CheckpointError naming a weight tensor that a checkpoint's safetensors files store as integers
+    (a framework would convert it on loading without a word). Other files: their framework's check."""
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="np") as f:
+                stored = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        except Exception:  # a damaged file: the framework's loader names the problem
+            continue
+        for name, dtype in stored.items():
+            if name.replace("/", ".").rsplit(".", 1)[-1] in WEIGHT_NAMES and dtype not in ("F32", "F16", "BF16", "F64"):
+                raise CheckpointError(f"{path.name}: {name} stores {dtype} values; weights are floating point")
 
 
 def check_finite(tensors: dict, folder: Path) -> None:

@@ -481,3 +481,22 @@ def test_compare_refuses_a_busy_folder_at_once(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_resume_refuses_integer_weights_in_a_checkpoint(tmp_path):
+    """A checkpoint's safetensors file with an integer weight tensor (a framework would convert it on
+    loading without a word) is refused by name, so --resume tries the checkpoint before."""
+    from common.errors import CheckpointError
+    from common.training import check_stored_floats
+
+    folder = tmp_path / "checkpoint-epoch2"
+    folder.mkdir()
+    tensors = random_canonical(SPEC)
+    save_file({**tensors, "fc3.weight": tensors["fc3.weight"].astype(np.int32)}, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors: fc3.weight stores I32 values"):
+        check_stored_floats(folder)
+    save_file(
+        {"model/block1/conv1/kernel": np.zeros(3, np.float32), "optimizer/step": np.zeros(1, np.uint32)},
+        folder / "model.safetensors",
+    )
+    check_stored_floats(folder)  # counters and RNG keys are integers by nature
