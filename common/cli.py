@@ -88,7 +88,8 @@ def check_fits(spec, smaller: str, batch: int = 1) -> None:
 
 
 def _end(message: str, code: int):
-    print(f"error: {message}", file=sys.stderr)
+    with contextlib.suppress(OSError):  # stderr may be a pipe whose reader is gone (a killed parent)
+        print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)  # the one place the project ends a process
 
 
