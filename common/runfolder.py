@@ -42,7 +42,7 @@ def _json(path: Path):
 def kind_of(out: Path) -> str | None:
     """'train' or 'compare' for a folder this project wrote, '' for an empty one (or one with only
     a lock file), None for anything else (a user's folder)."""
-    names = {p.name for p in out.iterdir()}
+    names = {p.name for p in out.iterdir() if not temporary(p.name)}  # another process's write under way
     if names <= {LOCK}:
         return ""
     m = _json(out / MANIFEST)
