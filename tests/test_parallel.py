@@ -258,6 +258,7 @@ def test_torch_ddp_matches_one_process(torch_runs, tmp_path):
     # rank 0 alone reports: one epoch line, one 'wrote', one set of files, no temp files
     assert out.count("epoch 1/1:") == 1 and out.count("wrote ") == 1, out
     assert sorted(p.name for p in (d / "two").iterdir()) == [
+        ".vgg-run.json",  # the manifest: the folder is this project's
         "checkpoint-epoch1",
         "checkpoint.json",
         "metrics.json",
