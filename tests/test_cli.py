@@ -104,7 +104,7 @@ def test_train_script_rejects_bad_flag_and_missing_gpu(fw, tmp_path):
 def test_resume_refuses_missing_or_different_runs(tmp_path):
     """The library raises (typed, with the message); the command line turns it into exit code 2."""
     from common import training
-    from common.data import DataError
+    from common.errors import DataError
 
     class Never:  # the checks come before any framework work
         framework = "torch"

@@ -17,7 +17,8 @@ from safetensors.numpy import save_file
 from common import compare, recipe, training
 from common.cli import PRESETS, parse_train_args
 from common.data import Loader, augment_batch, augment_draws, augment_pad
-from common.weights import WeightsError, expected_canonical, load_weights
+from common.errors import WeightsError
+from common.weights import expected_canonical, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "common" / "data"
