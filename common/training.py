@@ -809,8 +809,12 @@ def _epochs(config: TrainConfig, s: _Started) -> dict:
         say(f"epoch {epoch + 1}/{config.epochs}: {epoch_line(entry)}", flush=True)
         files.where = f"the checkpoint of epoch {epoch + 1} (written to the end first)"
         with finish_first():
-            files.write(metrics)  # before the checkpoint: metrics.json never lags behind what --resume loads
-            files.save_checkpoint(backend, epoch + 1)
+            if files.replaces:  # --overwrite: the earlier run stays whole until this run's first checkpoint is
+                files.save_checkpoint(backend, epoch + 1)
+                files.write(metrics)
+            else:
+                files.write(metrics)  # before the checkpoint: metrics.json never lags behind what --resume loads
+                files.save_checkpoint(backend, epoch + 1)
             files.export(backend)
     with finish_first():
         if s.first >= config.epochs:
