@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from common import PACKAGES
-from common.cli import fail
+from common.cli import main_guard
+from common.errors import RunError
 from common.training import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def measure(fw: str, size: int, precision: str, variant: str, steps: int) -> dic
         for item in variant.split(","):
             name, value = item.split("=", 1)
             if not hasattr(xla_cpu, name):
-                raise SystemExit(f"error: vgg_flax.xla_cpu has no {name}")
+                raise RunError(f"vgg_flax.xla_cpu has no {name}")
             setattr(xla_cpu, name, ast.literal_eval(value))
     cls, peer = workers.RUNNERS[fw]
     r = cls(cfg, size, peer=peer)
@@ -91,6 +92,11 @@ def measure(fw: str, size: int, precision: str, variant: str, steps: int) -> dic
 
 
 def main(argv=None):
+    with main_guard():
+        _main(argv)
+
+
+def _main(argv):
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.cpu_time",
         description=__doc__.split("\n\n")[0],
@@ -130,7 +136,7 @@ def main(argv=None):
                     text=True,
                 )
                 if proc.returncode:
-                    fail(f"{fw} {variant}: {(proc.stderr or proc.stdout).strip().splitlines()[-1]}")
+                    raise RunError(f"{fw} {variant}: {(proc.stderr or proc.stdout).strip().splitlines()[-1]}")
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
                 row["load_average"] = os.getloadavg()[0]
                 print(

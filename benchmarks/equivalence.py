@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -36,9 +35,10 @@ import vgg_torch.model
 import vgg_torch.train
 import vgg_torch.weights
 from common.arch import make_spec
-from common.data import DataError, Loader, load_fashion_mnist
+from common.cli import main_guard
+from common.data import Loader, load_fashion_mnist
 from common.files import write_atomic
-from common.weights import WeightsError, read_spec
+from common.weights import read_spec
 
 
 def torch_weights(spec, train_images):
@@ -86,6 +86,11 @@ def compare(a, b):
 
 
 def main(argv=None):
+    with main_guard():
+        _main(argv)
+
+
+def _main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--data-dir", metavar="PATH", help="folder with the IDX files (default: as load_fashion_mnist finds them)"
@@ -99,17 +104,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     jax.config.update("jax_default_matmul_precision", "float32")
-    try:
-        data = load_fashion_mnist(args.data_dir)
-    except DataError as e:
-        sys.exit(f"error: {e}")
+    data = load_fashion_mnist(args.data_dir)
     models = []  # (label, spec, canonical tensors)
-    try:
-        for path in args.weights:
-            spec, tensors, _ = read_spec(path)
-            models.append((f"{spec.name} ({Path(path).name})", spec, tensors))
-    except WeightsError as e:
-        sys.exit(f"error: {e}")
+    for path in args.weights:
+        spec, tensors, _ = read_spec(path)
+        models.append((f"{spec.name} ({Path(path).name})", spec, tensors))
     for arch in [] if args.weights else args.arch:
         spec = make_spec(arch, width_ratio=args.width_ratio, image_size=args.image_size)
         models.append((spec.name, spec, torch_weights(spec, (data.train_images, data.train_labels))))

@@ -29,6 +29,9 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from common import FRAMEWORKS
+from common.cli import main_guard
+from common.errors import RunError
+from common.runfolder import LOCK, MANIFEST
 from tests.frameworks import SMALL_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +76,7 @@ def left_behind(out: Path) -> dict:
     state = {
         "pointer": None,
         "metrics_epochs": None,
-        "temp": sorted(p.name for p in out.glob(".*") if p.name != ".lock") if out.is_dir() else [],
+        "temp": sorted(p.name for p in out.glob(".*") if p.name not in (LOCK, MANIFEST)) if out.is_dir() else [],
     }
     try:
         state["pointer"] = json.loads((out / "checkpoint.json").read_text())["epoch"]
@@ -136,7 +139,7 @@ def trial(fw: str, folder: Path, argv: list[str], reference: Path, seconds: floa
         not row["differing_tensors"]
         and m["status"] == "finished"
         and len(m["epochs"]) == 2
-        and not [p.name for p in out.glob(".*")]
+        and not [p.name for p in out.glob(".*") if p.name != MANIFEST]
     )
     return row
 
@@ -171,6 +174,11 @@ def run(frameworks, tries: int, steps: int, seed: int = 0, folder: Path | None =
 
 
 def main(argv=None):
+    with main_guard():
+        _main(argv)
+
+
+def _main(argv):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     p.add_argument("--tries", type=int, default=10, help="kills per framework (default 10)")
@@ -189,7 +197,8 @@ def main(argv=None):
             f"{f['failures']} failures"
         )
     print(f"wrote {args.report}")
-    raise SystemExit(1 if failures else 0)
+    if failures:
+        raise RunError(f"{failures} resumed run(s) did not end with the uninterrupted run's weights", code=1)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common.data import DataError, Loader, load_fashion_mnist
+from common.cli import main_guard
+from common.data import Loader, load_fashion_mnist
 from common.files import write_atomic
 
 
@@ -41,6 +41,11 @@ def measure(images, labels, size, *, batch_size=128, max_batches=None, prefetch=
 
 
 def main(argv=None):
+    with main_guard():
+        _main(argv)
+
+
+def _main(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--data-dir", metavar="PATH", help="folder with the IDX files (default: as load_fashion_mnist finds them)"
@@ -52,10 +57,7 @@ def main(argv=None):
     p.add_argument("--normalize", action="store_true")
     p.add_argument("--out", default="benchmarks/results/loader.json")
     args = p.parse_args(argv)
-    try:
-        data = load_fashion_mnist(args.data_dir)
-    except DataError as e:
-        sys.exit(f"error: {e}")
+    data = load_fashion_mnist(args.data_dir)
     print(data.describe())
     print(f"batch {args.batch_size}, prefetch {args.prefetch}, {os.cpu_count()} CPUs, numpy {np.__version__}")
     print(f"{'size':>6} {'images':>8} {'seconds':>8} {'images/s':>10} {'ms/batch':>9}")

@@ -26,9 +26,10 @@ from pathlib import Path
 
 from common import FRAMEWORKS, measure
 from common import PACKAGES as OURS
-from common.arch import ArchError, flops_per_example, make_spec, parse_arch
-from common.cli import add_cpu_workarounds_arg, fail
-from common.data import SAMPLE_DIR, DataError, load_fashion_mnist
+from common.arch import flops_per_example, make_spec, parse_arch
+from common.cli import add_cpu_workarounds_arg, main_guard
+from common.data import SAMPLE_DIR, load_fashion_mnist
+from common.errors import ArchError, RunError, UsageError
 from common.training import write_json
 
 from .workers import PACKAGES
@@ -142,7 +143,7 @@ def parse_args(argv=None):
     args.frameworks = list(dict.fromkeys(ALIASES.get(f, f) for f in args.frameworks))
     unknown = [f for f in args.frameworks if f not in OURS + PEERS]
     if unknown:
-        fail(f"--frameworks: unknown {', '.join(unknown)}; choose from {', '.join(OURS + PEERS)}")
+        raise UsageError(f"--frameworks: unknown {', '.join(unknown)}; choose from {', '.join(OURS + PEERS)}")
     # (row name, framework, interpreter) of every measurement of a sweep
     args.runs = [(fw, fw, sys.executable) for fw in args.frameworks]
     for item in args.extra:
@@ -150,13 +151,15 @@ def parse_args(argv=None):
         python, colon, fw = rest.rpartition(":")
         fw = ALIASES.get(fw, fw)
         if not (eq and colon and name and python and fw):
-            fail(f"--extra {item!r}: write NAME=PYTHON:FRAMEWORK, e.g. flax_old=/path/to/.venv/bin/python:flax")
+            raise UsageError(
+                f"--extra {item!r}: write NAME=PYTHON:FRAMEWORK, e.g. flax_old=/path/to/.venv/bin/python:flax"
+            )
         if fw not in OURS + PEERS:
-            fail(f"--extra {item!r}: unknown framework {fw!r}; choose from {', '.join(OURS + PEERS)}")
+            raise UsageError(f"--extra {item!r}: unknown framework {fw!r}; choose from {', '.join(OURS + PEERS)}")
         if name in OURS + PEERS or name in ALIASES or name in (r[0] for r in args.runs):
-            fail(f"--extra {item!r}: the name {name!r} is taken; give the row another name")
+            raise UsageError(f"--extra {item!r}: the name {name!r} is taken; give the row another name")
         if not (os.path.isfile(python) and os.access(python, os.X_OK)):
-            fail(f"--extra {item!r}: no interpreter at {python}; give the path of a Python executable")
+            raise UsageError(f"--extra {item!r}: no interpreter at {python}; give the path of a Python executable")
         args.runs.append((name, fw, python))
     for name, v in (
         ("--batch-size", args.batch_size),
@@ -166,21 +169,21 @@ def parse_args(argv=None):
         ("--repeat", args.repeat),
     ):
         if v <= 0:
-            fail(f"{name} must be positive, got {v}")
+            raise UsageError(f"{name} must be positive, got {v}")
     if args.steps < 0 or args.prefetch < 0:
-        fail("--steps and --prefetch must be 0 or more")
+        raise UsageError("--steps and --prefetch must be 0 or more")
     try:
         for s in args.sizes:
             make_spec(args.arch, image_size=s, width_ratio=args.width_ratio)
     except ArchError as e:
-        fail(str(e).replace("image_size", "--sizes"))
+        raise UsageError(str(e).replace("image_size", "--sizes")) from None
     args.env_by = {}
     for item in args.env:
         names = OURS + PEERS + tuple(r[0] for r in args.runs)
         target, _, kv = item.partition(":") if item.split(":", 1)[0] in names else ("*", "", item)
         key, eq, value = kv.partition("=")
         if not eq or not key:
-            fail(f"--env {item!r}: write KEY=VALUE or FRAMEWORK:KEY=VALUE")
+            raise UsageError(f"--env {item!r}: write KEY=VALUE or FRAMEWORK:KEY=VALUE")
         args.env_by.setdefault(target, {})[key] = value
     return args
 
@@ -335,13 +338,18 @@ def table(rows, qs, matmul, cfg) -> str:
 
 
 def main(argv=None):
+    with main_guard():
+        _main(argv)
+
+
+def _main(argv):
     args = parse_args(argv)
     if args.report:
         try:
             result = json.loads(Path(args.report).read_text())
             text = report(result)
         except (OSError, ValueError, KeyError) as e:
-            fail(f"--report {args.report}: cannot read a throughput result there ({e})")
+            raise RunError(f"--report {args.report}: cannot read a throughput result there ({e})") from None
         print(
             f"{result['command']}  ({result['time']}, load average {result['machine']['load_average_start'][0]:.2f} "
             f"at the start)\n{text}"
@@ -354,14 +362,9 @@ def main(argv=None):
             "and noisy",
             file=sys.stderr,
         )
-    try:
-        data = (
-            load_fashion_mnist(args.data_dir)
-            if not args.data_dir or Path(args.data_dir).resolve() != SAMPLE_DIR
-            else None
-        )
-    except DataError as e:
-        fail(str(e))
+    data = (
+        load_fashion_mnist(args.data_dir) if not args.data_dir or Path(args.data_dir).resolve() != SAMPLE_DIR else None
+    )
     data_dir, source = (data.location, data.source) if data else (str(SAMPLE_DIR), "sample")
     base = {
         "arch": args.arch,
@@ -395,7 +398,7 @@ def main(argv=None):
         )
         m = run_worker({**base, "framework": "matmul"}, args.env_by.get("*", {}), args.timeout)
         if m["status"] != "ok":
-            fail(f"matmul measurement {m['status']}: {m['message']}")
+            raise RunError(f"matmul measurement {m['status']}: {m['message']}")
         print(
             f"float32 {m['float32_gflops']:.0f} GFLOP/s"
             + (f", {args.precision} {m['precision_gflops']:.0f} GFLOP/s" if args.precision != "float32" else "")
@@ -454,7 +457,7 @@ def main(argv=None):
     write_json(out, result)
     print(f"wrote {out}")
     if any(r["status"] == "failed" for r in rows):
-        fail("some measurements failed (see above)", code=1)
+        raise RunError("some measurements failed (see above)", code=1)
 
 
 if __name__ == "__main__":

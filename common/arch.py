@@ -13,9 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
-
-class ArchError(ValueError):
-    """A configuration that cannot be built; the message says what is accepted."""
+from .errors import ArchError  # noqa: F401  (import it from common.errors)
 
 
 @dataclass(frozen=True)

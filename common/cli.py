@@ -8,13 +8,14 @@ import math
 import os
 import sys
 
-from .arch import INITS, ArchError, make_spec, parse_arch, valid_names
-from .data import PIXELS, DataError
-from .errors import RunError
-from .weights import WeightsError, expected_canonical
+from . import signals
+from .arch import INITS, make_spec, parse_arch, valid_names
+from .data import PIXELS
+from .errors import ArchError, ProjectError, UsageError
+from .weights import expected_canonical
 
 # What the library raises for a user's mistake or circumstance; main_guard turns it into one line.
-EXPECTED = (ArchError, DataError, WeightsError, RunError)
+EXPECTED = ProjectError
 
 
 def _arch(text):
@@ -58,41 +59,57 @@ def model_spec(args, image_size):
     )
 
 
-def fail(msg: str, code: int = 2):
-    """Expected errors end with a message, not a traceback."""
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-def check_fits(spec, smaller: str) -> None:
-    """Refuse a model whose weights alone outgrow this machine's memory (an absurd image size or
-    number of classes), before a framework tries to allocate them and fails with a traceback."""
-    values = sum(math.prod(shape) for shape in expected_canonical(spec).values())  # parameters and buffers
-    need = 4 * values  # float32
+def memory() -> int | None:
+    """This machine's memory in bytes (None where sysconf cannot say: Windows)."""
     try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): let the framework find out
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits(spec, smaller: str, batch: int = 1) -> None:
+    """Refuse a model whose weights, or whose activations for `batch` images (the first block's
+    output, the largest), outgrow this machine's memory (an absurd image size or number of classes),
+    before a framework tries to allocate them and fails with a traceback. UsageError."""
+    values = sum(math.prod(shape) for shape in expected_canonical(spec).values())  # parameters and buffers
+    need, have = 4 * values, memory()  # float32
+    if have is None:  # let the framework find out
         return
+    h, w = spec.image_size
     if need > have:
-        h, w = spec.image_size
-        fail(
+        raise UsageError(
             f"{spec.name} for {h}x{w} px and {spec.num_classes:,} classes has {values:,} parameters, "
             f"{need / 2**30:,.1f} GiB of float32 weights, more than this machine's {have / 2**30:,.1f} GiB of "
             f"memory; use a smaller {smaller} or a larger --width-ratio"
         )
+    activations = 4 * batch * spec.blocks[0].out_channels * h * w
+    if activations > have:
+        raise UsageError(
+            f"{spec.name} at {h}x{w} px needs {activations / 2**30:,.1f} GiB for the first block's output of "
+            f"{batch} image{'s' * (batch > 1)} alone, more than this machine's {have / 2**30:,.1f} GiB of memory; "
+            f"use a smaller {smaller}"
+        )
+
+
+def _end(message: str, code: int):
+    with contextlib.suppress(OSError):  # stderr may be a pipe whose reader is gone (a killed parent)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)  # the one place the project ends a process
 
 
 @contextlib.contextmanager
 def main_guard():
-    """The command line's edge: the library's expected errors (EXPECTED) end as `error: message`
-    on stderr and their exit code (2; RunError kinds carry their own: 1 diverged, 130
-    interrupted), Ctrl-C as exit code 130; anything else is a bug and keeps its traceback."""
-    try:
-        yield
-    except EXPECTED as e:
-        fail(str(e), code=getattr(e, "code", 2))
-    except KeyboardInterrupt:
-        fail("interrupted", code=130)
+    """The command line's edge, around everything a command does: the library's expected errors
+    (common.errors) end as `error: message` on stderr and their exit code (2; some carry their
+    own: 1 diverged, 130 / 143 interrupted); Ctrl-C ends with 130 and SIGTERM, handled the same
+    way (common.signals), with 143; anything else is a bug and keeps its traceback."""
+    with signals.handled():
+        try:
+            yield
+        except EXPECTED as e:
+            _end(str(e), e.code)
+        except KeyboardInterrupt as e:
+            _end(signals.what(e) + (f"; {e}" if str(e) else ""), signals.exit_code(e))
 
 
 def model_main(prog, argv, *, build, summary, count):
@@ -102,16 +119,14 @@ def model_main(prog, argv, *, build, summary, count):
         argparse.ArgumentParser(prog=f"python -m {prog}", description=summary.__module__ + ": VGG shape summary")
     )
     p.add_argument("--image-size", type=int, default=224, help="input height and width (at least 32 for five blocks)")
-    args = p.parse_args(argv)
-    try:
+    with main_guard():
+        args = p.parse_args(argv)
         spec = model_spec(args, args.image_size)  # validate before any framework work
-    except ArchError as e:
-        fail(str(e))
-    check_fits(spec, "--image-size or --num-classes")
-    net = build(spec)
-    print(summary(net))
-    params, buffers = count(net)
-    print(f"trainable parameters: {params:,}   buffer values: {buffers:,}")
+        check_fits(spec, "--image-size or --num-classes")
+        net = build(spec)
+        print(summary(net))
+        params, buffers = count(net)
+        print(f"trainable parameters: {params:,}   buffer values: {buffers:,}")
 
 
 # ---------------------------------------------------------------------------- training flags
@@ -208,6 +223,21 @@ def _positive(kind, name):
     return parse
 
 
+SEED_MAX = 2**32 - 1  # what every framework's generator takes alike (NumPy's refuses negatives, MXNet's wraps at 2**32)
+
+
+def _seed(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer, got {text!r}") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(
+            f"--seed must lie in 0 to {SEED_MAX} (2**32 - 1, the range all three frameworks take), got {text}"
+        )
+    return v
+
+
 def _unit_interval(text):
     try:
         v = float(text)
@@ -268,7 +298,10 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "PyTorch code); kaiming: torchvision's Kaiming-normal fan-out, zero biases (default %(default)s)",
     )
     g.add_argument(
-        "--seed", type=int, default=0, help="one seed for initialisation, batch order and dropout (default 0)"
+        "--seed",
+        type=_seed,
+        default=0,
+        help=f"one seed for initialisation, batch order and dropout, 0 to {SEED_MAX} (default 0)",
     )
     g.add_argument(
         "--device",
@@ -490,42 +523,53 @@ def draw_main(prog, argv, *, draw) -> None:
 
     from .training import TrainConfig  # imported here: training reads the flags' defaults from this module
 
-    args = parse_train_args(
-        argv,
-        prog=f"python -m {prog}",
-        extra=extra,
-        description="Draw a model's initial weights (--init, --seed) into a canonical safetensors file",
-    )
-    config = TrainConfig.from_args(args)
-    draw(config, args.draw)
-    print(f"wrote {args.draw}: {config.spec.name} at {config.resize} px, --init {config.init}, --seed {config.seed}")
+    with main_guard():
+        args = parse_train_args(
+            argv,
+            prog=f"python -m {prog}",
+            extra=extra,
+            description="Draw a model's initial weights (--init, --seed) into a canonical safetensors file",
+        )
+        config = TrainConfig.from_args(args)
+        draw(config, args.draw)
+        print(
+            f"wrote {args.draw}: {config.spec.name} at {config.resize} px, --init {config.init}, --seed {config.seed}"
+        )
 
 
 def check_train_args(args):
     """Combinations argparse cannot see; each failure says what to change. Returns the model's
     spec (model_spec), which the checks make anyway."""
     if args.in_channels != 1 or args.num_classes != 10:
-        fail("Fashion-MNIST has 1 channel and 10 classes: leave --in-channels and --num-classes at 1 and 10")
+        raise UsageError(
+            "Fashion-MNIST has 1 channel and 10 classes: leave --in-channels and --num-classes at 1 and 10"
+        )
     if args.devices and args.batch_size % args.devices:
-        fail(
+        raise UsageError(
             f"--batch-size {args.batch_size} is the global batch and must split evenly over --devices "
             f"{args.devices}; use a multiple of {args.devices}"
         )
+    if args.data_dir is not None and not args.data_dir.strip():
+        raise UsageError(
+            '--data-dir "" names no folder; give the folder with the four Fashion-MNIST files, or leave the flag out'
+        )
     if args.resume and args.overwrite:
-        fail("--resume continues the run in --out and --overwrite replaces it: give one or the other")
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: give one or the other")
     if args.optimizer == "adam" and args.momentum:
-        fail("--momentum applies to --optimizer sgd only (Adam has its own betas)")
+        raise UsageError("--momentum applies to --optimizer sgd only (Adam has its own betas)")
     try:
         spec = model_spec(args, args.resize)
     except ArchError as e:
-        fail(str(e).replace("image_size", "--resize"))
+        raise UsageError(str(e).replace("image_size", "--resize")) from None
     check_fits(spec, "--resize")
     if args.init_partial and not args.init_from:
-        fail("--init-partial says how to use --init-from FILE; give the file too")
+        raise UsageError("--init-partial says how to use --init-from FILE; give the file too")
     if args.lr_factor >= 1:
-        fail(f"--lr-factor {args.lr_factor} would not lower the learning rate; use a factor below 1 (0.1 is usual)")
+        raise UsageError(
+            f"--lr-factor {args.lr_factor} would not lower the learning rate; use a factor below 1 (0.1 is usual)"
+        )
     if args.warmup_epochs > args.epochs:
-        fail(f"--warmup-epochs {args.warmup_epochs:g} is longer than the run (--epochs {args.epochs})")
+        raise UsageError(f"--warmup-epochs {args.warmup_epochs:g} is longer than the run (--epochs {args.epochs})")
     if args.optimizer == "sgd" and args.lr > 1.0 or args.optimizer == "adam" and args.lr > 0.1:
         print(f"warning: --lr {args.lr} is unusually high for {args.optimizer}; expect divergence", file=sys.stderr)
     return spec

@@ -15,22 +15,32 @@ canonical layout is its own (the file is its state_dict as is, nothing transpose
 two frameworks' initialisers are written to match its distributions. Then the three differ only
 by their arithmetic: the report's third panel shows the largest difference between two
 frameworks' training loss at each step.
+
+It holds a lock on --out for its whole life (a second comparison there is refused at once), and
+refuses a folder whose <framework>/ holds an earlier run unless --overwrite or --resume says what
+to do with it. Ctrl-C or SIGTERM is passed on to the running child, which stops as a train script
+does (its last checkpoint kept); the report is then written with the rows that finished and the
+interrupted one marked, and no child outlives this process.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from . import PACKAGES
-from .cli import fail, parse_train_args
+from . import PACKAGES, signals
+from .cli import main_guard, parse_train_args
+from .errors import Interrupted, RunError, UsageError
 from .files import write_atomic
-from .training import write_json
+from .runfolder import FolderLock, check_out
+from .training import Run, write_json
 
 FRAMEWORKS = {package.removeprefix("vgg_"): f"{package}.train" for package in PACKAGES}  # name -> train command
 # handled here, or already resolved
@@ -45,6 +55,7 @@ NOT_PASSED = {
     "concurrently",
     "rewrite_report",
     "seeds",
+    "resume",
 }
 DRAWS = "torch"  # --same-init: the framework that draws the initial weights (see the docstring)
 
@@ -66,28 +77,69 @@ def child_argv(args, parser: argparse.ArgumentParser) -> list[str]:
     return argv
 
 
+# ---------------------------------------------------------------------------- the children
+
+RUNNING: set[subprocess.Popen] = set()  # the children now running: a signal is passed on to them
+STOPPED: list[int] = []  # the signals this comparison received (signals.passed_on records them)
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+except (OSError, AttributeError):  # not Linux: a child may then outlive a killed parent
+    _prctl = None
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int):
+    """In the child, before it runs: SIGTERM when this process ends, however it ends (SIGKILL too)."""
+
+    def setup():
+        if _prctl is not None:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # the parent died before the call
+                os._exit(143)
+
+    return setup
+
+
+def spawn(cmd: list[str], **kw) -> subprocess.Popen:
+    """A child in its own process group (a terminal's Ctrl-C reaches only this process, which passes
+    it on once), ended with SIGTERM if this process dies, and known to RUNNING while it runs."""
+    proc = subprocess.Popen(cmd, process_group=0, preexec_fn=_die_with_parent(os.getpid()), **kw)
+    RUNNING.add(proc)
+    if STOPPED:  # a signal came while it started
+        proc.send_signal(STOPPED[0])
+    return proc
+
+
+def finish(proc: subprocess.Popen) -> int:
+    try:
+        return proc.wait()
+    finally:
+        RUNNING.discard(proc)
+
+
 def run_one(framework: str, argv: list[str], out: Path) -> dict:
     """Train one framework in a subprocess; its stdout and stderr pass through to ours, and the
     tail of stderr is kept for the report in case it fails."""
     cmd = [sys.executable, "-m", FRAMEWORKS[framework], *argv, f"--out={out}"]
     print(f"\n=== {framework}: {' '.join(cmd[1:])}", flush=True)
     start = time.time()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    proc = spawn(cmd, stderr=subprocess.PIPE)
     tail = b""
     while chunk := os.read(proc.stderr.fileno(), 4096):
         sys.stderr.buffer.write(chunk)
         sys.stderr.flush()
         tail = (tail + chunk)[-4000:]
-    code, seconds = proc.wait(), time.time() - start
+    code, seconds = finish(proc), time.time() - start
+    stopped = code in signals.CODES.values() or -code in signals.CODES
     row = {
         "framework": framework,
-        "status": "finished" if code == 0 else f"failed (exit {code})",
+        "status": "finished" if code == 0 else f"interrupted (exit {code})" if stopped else f"failed (exit {code})",
         "seconds": seconds,
         "command": " ".join(cmd[1:]),
     }
     metrics_path = out / "metrics.json"
-    if metrics_path.is_file() and metrics_path.stat().st_mtime >= start:  # never a stale file from an earlier run
-        m = json.loads(metrics_path.read_text())
+    m = _metrics(metrics_path) if metrics_path.is_file() and metrics_path.stat().st_mtime >= start else None
+    if m:  # never a stale file from an earlier run
         epochs = m["epochs"]
         row.update(
             parameters=m["parameters"],
@@ -113,6 +165,20 @@ def run_one(framework: str, argv: list[str], out: Path) -> dict:
         lines = [line for line in tail.decode(errors="replace").replace("\r", "\n").splitlines() if line.strip()]
         row["error"] = lines[-1] if lines else "no message"
     return row
+
+
+def _metrics(path: Path) -> dict | None:
+    """A run's metrics.json, or None where it is unreadable or not of the structure the train scripts write."""
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    keys = {"epochs": list, "curve": list, "status": str}
+    ok = isinstance(m, dict) and all(isinstance(m.get(k), t) for k, t in keys.items())
+    ok = ok and all(
+        isinstance(e, dict) and {"examples", "examples_per_sec", "test_acc"} <= e.keys() for e in m["epochs"]
+    )
+    return m if ok else None
 
 
 def table(rows: list[dict]) -> str:
@@ -227,15 +293,27 @@ def save_plot(path, rows: list[dict]) -> None:
 def reread(out: Path, frameworks: list[str]):
     """(rows, flags, init) of an earlier report in `out`, with each framework's metrics.json read again."""
     if not (out / "report.json").is_file():
-        fail(f"--rewrite-report: no report.json in {out}; run the comparison first")
-    report = json.loads((out / "report.json").read_text())
+        raise RunError(f"--rewrite-report: no report.json in {out}; run the comparison first")
+    try:
+        report = json.loads((out / "report.json").read_text())
+        ok = isinstance(report, dict) and isinstance(report.get("flags"), list) and isinstance(report.get("rows"), list)
+        ok = ok and all(isinstance(r, dict) and isinstance(r.get("framework"), str) for r in report["rows"])
+    except (OSError, ValueError) as e:
+        ok, report = False, e
+    if not ok:
+        raise RunError(
+            f"--rewrite-report: {out / 'report.json'} is damaged or not a report this command wrote"
+            f"{f' ({report})' if isinstance(report, Exception) else ''}; run the comparison again"
+        )
     rows = []
     for old in report["rows"]:
         if old["framework"] not in frameworks:
             continue
         row, path = dict(old), out / old["framework"] / "metrics.json"
-        if path.is_file():
-            m = json.loads(path.read_text())
+        m = _metrics(path) if path.is_file() else None
+        if path.is_file() and m is None:
+            raise RunError(f"--rewrite-report: {path} is damaged or not a run's metrics.json; it cannot be reported")
+        if m:
             row.update(
                 epochs=m["epochs"],
                 curve=m["curve"],
@@ -300,7 +378,9 @@ def write_report(out: Path, rows: list[dict], argv_child: list[str], init: str, 
     print(f"\ndata: {data}\nwrote {out / 'report.md'}, {out / 'report.json'} and {out / 'report.png'}")
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The training flags and the comparison's own; args.frameworks becomes a checked list."""
+
     def extra(p):
         p.add_argument(
             "--frameworks",
@@ -353,57 +433,141 @@ def main(argv=None):
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
     if unknown or not frameworks:
-        fail(f"--frameworks: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(FRAMEWORKS)}")
-    if args.seeds is not None:  # over seeds: common.seeds calls this main once per seed
-        from .cli import train_parser
-        from .seeds import run_seeds
+        raise UsageError(
+            f"--frameworks: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(FRAMEWORKS)}"
+        )
+    twice = sorted({f for f in frameworks if frameworks.count(f) > 1})
+    if twice:
+        raise UsageError(
+            f"--frameworks names {', '.join(twice)} twice; each framework trains once, into <out>/<framework>"
+        )
+    args.frameworks = frameworks
+    return args
 
-        return run_seeds(args, child_argv(args, train_parser("", "")), frameworks, main)
-    out = Path(args.out or "runs/compare")
-    out.mkdir(parents=True, exist_ok=True)
-    from .cli import train_parser
 
-    argv_child = child_argv(args, train_parser("", ""))
-    if args.rewrite_report:
-        rows, argv_child, init = reread(out, frameworks)
-        write_report(out, rows, argv_child, init, "drawn once" in init)
-        return
-    init = "each framework draws its own initial weights (--init, --seed) with its own random generator"
-    same_init = args.same_init and not args.init_from
-    if same_init:
-        init_path = out / "init.safetensors"
-        drawn = subprocess.run(
+def held_runs(args, out: Path) -> dict[str, str]:
+    """{framework: what its <out>/<framework>/ holds} for the frameworks whose folder holds a run;
+    refused up front: a user's folder there, an earlier run without --overwrite or --resume, and
+    --resume with nothing to continue."""
+    held = {}
+    for f in args.frameworks:
+        if (out / f).exists():
+            check_out(out / f, "train")
+            if what := Run(out / f)._holds():
+                held[f] = what
+    if args.resume and not held:
+        raise UsageError(f"--resume: {out} holds no run to continue; leave --resume out to start one")
+    if held and not (args.resume or args.overwrite):
+        f, what = next(iter(held.items()))
+        raise RunError(
+            f"{out / f} already holds a run ({what}) from an earlier comparison; --resume continues it, "
+            "--overwrite replaces it (its checkpoint kept until the new run's first), --out NEW starts elsewhere"
+        )
+    return held
+
+
+def draw_init(args, argv_child: list[str], out: Path, held: dict) -> str:
+    """--same-init: <out>/init.safetensors drawn once (kept as it is when --resume continues runs that
+    started from it); returns the report's line about the initial weights."""
+    init_path = out / "init.safetensors"
+    if not (args.resume and held and init_path.is_file()):
+        proc = spawn(
             [sys.executable, "-m", f"vgg_{DRAWS}.weights", f"--draw={init_path}", *argv_child],
             stderr=subprocess.PIPE,
             text=True,
         )
-        if drawn.returncode:
-            fail(f"--same-init: drawing the initial weights failed: {(drawn.stderr.strip().splitlines() or ['?'])[-1]}")
-        argv_child.append(f"--init-from={init_path}")
-        init = (
-            f"every framework starts from the same weights, drawn once by PyTorch (--init {args.init}, "
-            f"--seed {args.seed}): {init_path}"
+        _, err = proc.communicate()
+        finish(proc)
+        if STOPPED:
+            raise signals.stopped(STOPPED[0])
+        if proc.returncode:
+            raise RunError(
+                f"--same-init: drawing the initial weights failed: {(err.strip().splitlines() or ['?'])[-1]}"
+            )
+    argv_child.append(f"--init-from={init_path}")
+    return (
+        f"every framework starts from the same weights, drawn once by PyTorch (--init {args.init}, "
+        f"--seed {args.seed}): {init_path}"
+    )
+
+
+def compare_once(args, out: Path) -> list[dict]:
+    """One comparison into `out` (already checked and locked): each framework of args.frameworks
+    trained in turn, then the report. Ctrl-C or SIGTERM is passed on to the running child; the
+    report is still written, with the frameworks that did not finish marked, and Interrupted
+    raised after it."""
+    from .cli import train_parser
+
+    held = held_runs(args, out)
+    argv_child = child_argv(args, train_parser("", ""))
+    STOPPED.clear()
+    with signals.passed_on(RUNNING, STOPPED):
+        init = "each framework draws its own initial weights (--init, --seed) with its own random generator"
+        same_init = args.same_init and not args.init_from
+        if same_init:
+            init = draw_init(args, argv_child, out, held)
+        elif args.init_from:
+            init = f"every framework starts from the weights in {args.init_from}"
+        if args.progress is not False and (args.progress or sys.stderr.isatty()):
+            argv_child.append("--progress")  # the child's stderr is our pipe, not a terminal
+
+        def one(f):
+            if STOPPED:
+                return {"framework": f, "status": "not started (interrupted)", "seconds": 0.0}
+            # --resume continues the runs there are and starts the others; --overwrite (checked above)
+            # leaves each earlier checkpoint until the new run's first one replaces it
+            again = ["--resume"] if args.resume and f in held else ["--overwrite"] if f in held else []
+            return run_one(f, argv_child + again, out / f)
+
+        if args.concurrently:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(args.frameworks)) as pool:
+                rows = list(pool.map(one, args.frameworks))
+        else:
+            rows = [one(f) for f in args.frameworks]
+        write_report(out, rows, argv_child, init, same_init)
+    if STOPPED:
+        cut = next((r["framework"] for r in rows if r["status"].startswith("interrupted")), None)
+        e = signals.stopped(STOPPED[0])
+        kept = f"; {cut} kept its last checkpoint: --resume continues" if cut else ""
+        raise Interrupted(
+            f"{signals.what(e)}{f' during {cut}' if cut else ''}; the report in {out} holds the frameworks "
+            f"that finished and marks the others{kept}",
+            code=signals.exit_code(e),
         )
-    elif args.init_from:
-        init = f"every framework starts from the weights in {args.init_from}"
-    if args.progress is not False and (args.progress or sys.stderr.isatty()):
-        argv_child.append("--progress")  # the child's stderr is our pipe, not a terminal
-    # <out>/<framework>/ are this command's own sub-runs, rewritten by each comparison (a second
-    # `make run` must work, and the report must not mix two runs): each starts with --overwrite,
-    # which leaves the earlier checkpoint until the new run's first one replaces it. --resume
-    # continues them instead.
-    argv_child += [] if args.resume else ["--overwrite"]
-    if args.concurrently:
-        from concurrent.futures import ThreadPoolExecutor
+    return rows
 
-        with ThreadPoolExecutor(len(frameworks)) as pool:
-            rows = list(pool.map(lambda f: run_one(f, argv_child, out / f), frameworks))
-    else:
-        rows = [run_one(f, argv_child, out / f) for f in frameworks]
 
-    write_report(out, rows, argv_child, init, same_init)
-    if any(r["status"] != "finished" for r in rows):
-        raise SystemExit(1)
+def compare(args) -> list[dict]:
+    """One comparison, as the command line asked (args from parse_args): the checks, the lock on
+    --out, the frameworks trained in turn and the report; RunError (exit 1) when one did not finish."""
+    out = Path(args.out or "runs/compare")
+    if not args.rewrite_report:
+        held_runs(args, out)  # refused before anything is made or locked (checked again under the lock)
+    check_out(out, "compare")
+    with FolderLock(out, "compare"):
+        if args.rewrite_report:
+            rows, argv_child, init = reread(out, args.frameworks)
+            write_report(out, rows, argv_child, init, "drawn once" in init)
+            return rows
+        rows = compare_once(args, out)
+    failed = [r["framework"] for r in rows if r["status"] != "finished"]
+    if failed:
+        raise RunError(f"{', '.join(failed)} did not finish; the report in {out} says why", code=1)
+    return rows
+
+
+def main(argv=None):
+    with main_guard():
+        args = parse_args(argv)
+        if args.seeds is None:
+            compare(args)
+            return
+        from .cli import train_parser
+        from .seeds import run_seeds  # over seeds: one comparison per seed, then the report over them
+
+        run_seeds(args, child_argv(args, train_parser("", "")), args.frameworks, lambda a: compare(parse_args(a)))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .errors import DataError  # noqa: F401  (import it from common.errors)
 from .files import atomic_path
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -45,10 +46,6 @@ FILES = {  # md5 of each .gz as Zalando publishes them (the data set's README)
 }
 SAMPLE_DIR = Path(__file__).resolve().parent / "data"
 RETRY_BACKOFF = 1.0  # seconds before the first retry, doubled each time; tests set it to 0
-
-
-class DataError(Exception):
-    """An expected failure (missing, corrupt or undownloadable data); the message says what to do."""
 
 
 def cache_dir() -> Path:
@@ -75,6 +72,8 @@ def read_idx(path, kind=None) -> np.ndarray:
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path} is a folder, not an IDX file; put the file itself there")
+    if path.exists() and not path.is_file():  # a FIFO or a device would be read forever
+        raise DataError(f"{path} is not a regular file (a pipe, socket or device); put the file itself there")
     try:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":  # sniff, not trust the name: some tools gunzip in place
@@ -150,6 +149,8 @@ def _load_dir(folder, source: str) -> FashionMNIST:
                 f"{ipath} has {len(images):,} images but {lpath} has {len(labels):,} labels; "
                 "one of the two files is wrong"
             )
+        if not len(images):
+            raise DataError(f"{ipath} holds no images: the {split} set is empty; give the whole data set")
         arrays += [images, labels.astype(np.int64)]
     return FashionMNIST(*arrays, source=source, location=str(folder))
 
@@ -231,6 +232,10 @@ def load_fashion_mnist(data_dir=None, *, download=True, allow_sample=True, progr
     """Find Fashion-MNIST: data_dir, else $FASHION_MNIST_DIR (either must hold good files: an
     explicit folder is never silently replaced), else the user cache (downloaded or repaired there
     if download=True), else, if allow_sample, the bundled sample with a warning on stderr."""
+    if data_dir is not None and not str(data_dir).strip():
+        raise DataError(
+            '--data-dir "" names no folder; give the folder with the four Fashion-MNIST files, or leave the flag out'
+        )
     explicit = data_dir or os.environ.get("FASHION_MNIST_DIR")
     if explicit:  # the bundled sample's own folder, named explicitly, is still the sample
         return _load_dir(explicit, "sample" if Path(explicit).resolve() == SAMPLE_DIR else "full")
@@ -559,16 +564,15 @@ def main(argv=None):
     )
     p.add_argument("--no-download", action="store_true")
     p.add_argument("--grid", metavar="PNG", help="also save a grid of the first 32 training images")
-    args = p.parse_args(argv)
-    try:
+    from .cli import main_guard  # the command line's edge; cli imports this module
+
+    with main_guard():
+        args = p.parse_args(argv)
         data = load_fashion_mnist(args.data_dir, download=not args.no_download)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(data.describe())
-    if args.grid:
-        save_image_grid(args.grid, data.train_images[:32], data.train_labels[:32])
-        print(f"saved {args.grid}")
+        print(data.describe())
+        if args.grid:
+            save_image_grid(args.grid, data.train_images[:32], data.train_labels[:32])
+            print(f"saved {args.grid}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,38 @@
-"""Typed errors that the command line turns into one `error: ...` line and exit code 2.
-(WeightsError lives in common.weights and DataError in common.data, beside the code that raises them.)"""
+"""Every typed error of the project, in one place: library code raises them with the message a
+user needs, and only the command line (common.cli.main_guard) turns them into one `error: ...`
+line and the exit code they carry (2 unless said otherwise). Import them from here."""
 
 
-class RunError(Exception):
-    """An expected failure of a run: the message says what went wrong and what to do; `code` is
-    the exit code the command line ends with."""
+class ProjectError(Exception):
+    """An expected failure: the message says what went wrong and what to do; `code` is the exit
+    code the command line ends with (a class's own, or one given for this error)."""
 
     code = 2
+
+    def __init__(self, message: str = "", code: int | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class UsageError(ProjectError):
+    """Flags or arguments that cannot work together, found before any work is done."""
+
+
+class ArchError(ProjectError, ValueError):
+    """A configuration that cannot be built; the message says what is accepted."""
+
+
+class DataError(ProjectError):
+    """An expected failure (missing, corrupt or undownloadable data); the message says what to do."""
+
+
+class WeightsError(ProjectError, ValueError):
+    """Weights that do not fit, or a file that is not ours; the message says what and where."""
+
+
+class RunError(ProjectError):
+    """An expected failure of a run (or of a comparison of runs)."""
 
 
 class CheckpointError(RunError):
@@ -25,7 +51,7 @@ class Diverged(RunError):
 
 
 class Interrupted(RunError):
-    """Ctrl-C (SIGINT); the message says where the run stopped and what is kept."""
+    """Ctrl-C (SIGINT, exit code 130) or SIGTERM (143); the message says where the run stopped and what is kept."""
 
     code = 130
 

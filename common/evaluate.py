@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .cli import add_cpu_workarounds_arg, fail, parse_train_args
-from .data import DataError, Loader, load_fashion_mnist
+from .cli import add_cpu_workarounds_arg, check_fits, parse_train_args
+from .data import Loader, load_fashion_mnist
+from .errors import UsageError, WeightsError
 from .training import TrainConfig, accuracy
-from .weights import WeightsError, read_spec
+from .weights import read_spec
 
 
 def evaluate_config(args, spec, normalize: bool) -> TrainConfig:
@@ -37,7 +38,8 @@ def evaluate_config(args, spec, normalize: bool) -> TrainConfig:
 
 
 def evaluate_main(prog: str, argv, *, framework: str, backend) -> float:
-    """`python -m {prog}`: backend is the framework's vgg_X.train.Backend."""
+    """`python -m {prog}`: backend is the framework's vgg_X.train.Backend. Raises the typed errors
+    (common.errors) that main_guard, around it, reports."""
     p = argparse.ArgumentParser(
         prog=f"python -m {prog}",
         description=f"Test accuracy on Fashion-MNIST, in {framework}, of weights saved by any of the three frameworks.",
@@ -59,21 +61,19 @@ def evaluate_main(prog: str, argv, *, framework: str, backend) -> float:
     add_cpu_workarounds_arg(p)
     args = p.parse_args(argv)
     if args.batch_size < 1:
-        fail(f"--batch-size must be at least 1, got {args.batch_size}")
-    try:
-        spec, tensors, metadata = read_spec(args.weights)
-    except WeightsError as e:
-        fail(str(e))
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    spec, tensors, metadata = read_spec(args.weights)
     h, w = spec.image_size
     if (spec.in_channels, spec.num_classes) != (1, 10) or h != w:
-        fail(
+        raise WeightsError(
             f"{args.weights} holds a model for {spec.in_channels}x{h}x{w} inputs and {spec.num_classes} classes; "
             "Fashion-MNIST evaluation needs 1 channel, 10 classes and a square input"
         )
     try:
-        data = load_fashion_mnist(args.data_dir)
-    except DataError as e:
-        fail(str(e))
+        check_fits(spec, "--batch-size", args.batch_size)
+    except UsageError as e:
+        raise WeightsError(f"{args.weights}: its metadata asks for {h}x{w} px images: {e}") from None
+    data = load_fashion_mnist(args.data_dir)
     # the file says how its model saw images in training; the default is the loader's 0-1 scale
     normalize = metadata.get("normalize", "false").lower() in ("true", "1")
     model = backend(evaluate_config(args, spec, normalize))  # --device: the train command's rule

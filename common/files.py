@@ -4,8 +4,10 @@
     with atomic_path(path) as tmp:      for writers that want a path (safetensors' save_file,
         save_file(arrays, tmp)          matplotlib, a download)
 
-The data goes to a hidden temp file beside the target (same folder, so same file system) and is
-renamed over it only once complete: a reader, or a run killed half-way, sees the old file or the
+The data goes to a hidden temp file beside the target (same folder, so same file system), named
+`.<name>.<random>.vgg-tmp` (TMP: the project's own suffix, as Orbax marks its temporary checkpoint
+folders, so that a clean-up can tell them from a user's files), and is renamed over it only once
+complete: a reader, or a run killed half-way, sees the old file or the
 new one, never half of one. The file gets the mode a plain open() would give, 0o666 less the
 umask: mkstemp makes 0600 and safetensors' writer does too, which would hide exported weights
 from the other users of a shared run folder while its reports stayed readable.
@@ -18,6 +20,13 @@ import os
 import tempfile
 from pathlib import Path
 
+TMP = ".vgg-tmp"  # the suffix of every temporary name the project makes (files and checkpoint folders)
+
+
+def temporary(name: str) -> bool:
+    """A name that only the project makes: hidden and ending in TMP."""
+    return name.startswith(".") and name.endswith(TMP)
+
 
 def umask() -> int:
     """The process's umask (reading it means setting it; it is set straight back)."""
@@ -29,20 +38,31 @@ def umask() -> int:
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temp path beside `path`; on success it is renamed onto `path` with mode 0o666 & ~umask,
-    on any exception (KeyboardInterrupt included) it is removed and `path` is left as it was."""
+    on any exception (KeyboardInterrupt included) it is removed and `path` is left as it was.
+    An OSError of the project's own steps names `path` (not the temp file)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP)
+        os.close(fd)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask())  # after the writer: some writers replace the file we made
-        os.replace(tmp, path)
+        try:
+            os.chmod(tmp, 0o666 & ~umask())  # after the writer: some writers replace the file we made
+            os.replace(tmp, path)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
 
 
 def write_atomic(path, data: bytes | str) -> None:
     """Write bytes (or text, as UTF-8) to `path` atomically, as atomic_path does."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+        except OSError as e:  # a full disk, a file-size limit: named by the file meant, not the temp file
+            raise OSError(e.errno, e.strerror, str(path)) from None

@@ -11,12 +11,12 @@ data and on zlib). Same full files in, same sample out.
 import argparse
 import gzip
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from common.data import SAMPLE_DIR, DataError, load_fashion_mnist
+from common.cli import main_guard
+from common.data import SAMPLE_DIR, load_fashion_mnist
 
 SEED = 3  # fixed forever: changing it changes the bundled sample
 PER_CLASS = {"train": 600, "t10k": 100}
@@ -57,12 +57,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--src", required=True, help="folder with the four full Fashion-MNIST files")
     p.add_argument("--out", default=str(SAMPLE_DIR))
-    args = p.parse_args(argv)
-    try:
+    with main_guard():
+        args = p.parse_args(argv)
         make_sample(args.src, args.out)
-    except DataError as e:
-        sys.exit(f"error: {e}")
-    print(f"wrote the sample to {args.out}")
+        print(f"wrote the sample to {args.out}")
 
 
 if __name__ == "__main__":

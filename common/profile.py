@@ -21,14 +21,17 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from common import FRAMEWORKS as NAMES
 from common import PACKAGES, measure
-from common.arch import ArchError, VGGSpec, make_spec, parse_arch
-from common.cli import fail
-from common.training import write_atomic, write_json
+from common.arch import VGGSpec, make_spec, parse_arch
+from common.cli import main_guard
+from common.errors import ArchError, RunError, UsageError
+from common.files import TMP, write_atomic
+from common.training import write_json
 
 FRAMEWORKS = PACKAGES
 ALIASES = dict(zip(NAMES, PACKAGES))  # torch -> vgg_torch
@@ -207,19 +210,21 @@ def parse_args(argv=None):
     args.frameworks = list(dict.fromkeys(ALIASES.get(f, f) for f in args.frameworks))
     unknown = [f for f in args.frameworks if f not in FRAMEWORKS]
     if unknown:
-        fail(f"--frameworks: unknown {', '.join(unknown)}; choose from {', '.join(FRAMEWORKS)}")
+        raise UsageError(f"--frameworks: unknown {', '.join(unknown)}; choose from {', '.join(FRAMEWORKS)}")
     for name, v in (("--batch-size", args.batch_size), ("--repeat", args.repeat), ("--timeout", args.timeout)):
-        if v <= 0:
-            fail(f"{name} must be positive, got {v}")
+        if not 0 < v < float("inf"):  # NaN fails this too
+            raise UsageError(f"{name} must be a positive finite number, got {v}")
     if args.clock == "cpu" and args.device == "gpu":
-        fail("--clock cpu times the CPU's work; on a GPU use --clock wall")
+        raise UsageError("--clock cpu times the CPU's work; on a GPU use --clock wall")
     if args.warmup < 2:
-        fail(f"--warmup must be at least 2 (Flax compiles its training step on the first two), got {args.warmup}")
+        raise UsageError(
+            f"--warmup must be at least 2 (Flax compiles its training step on the first two), got {args.warmup}"
+        )
     try:
         for s in args.image_size:
             make_spec(args.arch, image_size=s, width_ratio=args.width_ratio)
     except ArchError as e:
-        fail(str(e).replace("image_size", "--image-size"))
+        raise UsageError(str(e).replace("image_size", "--image-size")) from None
     out = Path(args.out)
     args.json_path = out if out.suffix == ".json" else out / "profile.json"
     args.png_path = args.json_path.with_suffix(".png")
@@ -554,38 +559,57 @@ def save_picture(path, result) -> None:
 
 
 def _folder(path: Path) -> None:
+    """Make the folder of `path` and prove it can be written (a temp file made and removed there),
+    before any measurement: a read-only --out is refused now, not after minutes of measuring."""
+    if path.is_dir():
+        raise RunError(f"--out {path} is a folder; give a .json path or a folder that does not hold this name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".write-test.", suffix=TMP)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        fail(f"--out: cannot create {path.parent} ({e.strerror}); pick a folder you can write to")
+        raise RunError(f"--out: cannot write in {path.parent} ({e.strerror}); pick a folder you can write to") from None
+
+
+def _save(args, result, picture_only=False) -> None:
+    """profile.json (unless picture_only) and profile.png; a failed write is one line naming the file."""
+    try:
+        if not picture_only:
+            write_json(args.json_path, result)
+        save_picture(args.png_path, result)
+    except OSError as e:
+        raise RunError(f"cannot write {e.filename}: {e.strerror}; the tables above are all that is kept") from None
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    if args.report:
+    with main_guard():
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = parse_args(argv)
+        if args.report:
+            try:
+                result = json.loads(Path(args.report).read_text())
+            except (OSError, ValueError) as e:
+                raise RunError(
+                    f"--report {args.report}: cannot read it ({e}); give the JSON an earlier run wrote"
+                ) from None
+            if not isinstance(result, dict) or result.get("profile") != "per-layer":
+                raise RunError(f"--report {args.report} is not a JSON that python -m common.profile wrote")
+            _folder(args.png_path)
+            print(report(result))
+            _save(args, result, picture_only=True)
+            print(f"\nwrote {args.png_path}")
+            return
+        _folder(args.json_path)
         try:
-            result = json.loads(Path(args.report).read_text())
-        except (OSError, ValueError) as e:
-            fail(f"--report {args.report}: cannot read it ({e}); give the JSON an earlier run wrote")
-        if not isinstance(result, dict) or result.get("profile") != "per-layer":
-            fail(f"--report {args.report} is not a JSON that python -m common.profile wrote")
+            result = profile(args, argv)
+        except KeyboardInterrupt as e:
+            raise KeyboardInterrupt("nothing was written") from e
         print(report(result))
-        _folder(args.png_path)
-        save_picture(args.png_path, result)
-        print(f"\nwrote {args.png_path}")
-        return
-    _folder(args.json_path)
-    try:
-        result = profile(args, argv)
-    except KeyboardInterrupt:
-        fail("interrupted; nothing was written")
-    print(report(result))
-    write_json(args.json_path, result)
-    save_picture(args.png_path, result)
-    print(f"\nwrote {args.json_path} and {args.png_path}")
-    if any(r["status"] == "failed" for e in result["sizes"] for r in e["frameworks"]):
-        fail("some measurements failed (see above)", code=1)
+        _save(args, result)
+        print(f"\nwrote {args.json_path} and {args.png_path}")
+        if any(r["status"] == "failed" for e in result["sizes"] for r in e["frameworks"]):
+            raise RunError("some measurements failed (see above)", code=1)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from __future__ import annotations
 import math
 import re
 
-from .weights import WeightsError, load_weights
+from .errors import WeightsError
+from .weights import load_weights
 
 _DECAYED = re.compile(r"(block\d+\.conv\d+|fc\d+)\.weight$")
 

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from . import stats
-from .cli import fail
+from .errors import RunError, UsageError
 from .files import write_atomic
+from .runfolder import FolderLock, check_out
 from .training import write_json
 
 
@@ -79,14 +80,17 @@ def run_seeds(args, argv_child: list[str], frameworks: list[str], single) -> Non
     """The multi-seed comparison; single(argv) runs one seed's comparison (common.compare.main)."""
     seeds = args.seeds
     if len(set(seeds)) != len(seeds):
-        fail(f"--seeds: each seed once, got {' '.join(map(str, seeds))}")
+        raise UsageError(f"--seeds: each seed once, got {' '.join(map(str, seeds))}")
     out = Path(args.out or "runs/compare-seeds")
-    if (out / "report.json").is_file() and "seeds" not in json.loads((out / "report.json").read_text()):
-        fail(f"{out} holds a single comparison (its report.json has no seeds); give --seeds another --out")
+    check_out(out, "seeds")
+    with FolderLock(out, "seeds"):  # one comparison over seeds at a time; each seed's folder has its own lock
+        _run_seeds(args, argv_child, frameworks, single, seeds, out)
+
+
+def _run_seeds(args, argv_child, frameworks, single, seeds, out: Path) -> None:
     flags = common_flags(argv_child)
     same_init = args.same_init and not args.init_from
     if not args.rewrite_report:
-        out.mkdir(parents=True, exist_ok=True)
         for seed in seeds:
             folder = seed_dir(out, seed)
             if finished(folder, frameworks, [*flags, f"--seed={seed}"], same_init):
@@ -95,17 +99,17 @@ def run_seeds(args, argv_child: list[str], frameworks: list[str], single) -> Non
             print(f"\n=== seed {seed} of {' '.join(map(str, seeds))}: {folder}", flush=True)
             try:
                 single(single_argv(args, flags, seed, folder, frameworks))
-            except SystemExit as e:
+            except RunError as e:
                 if e.code != 1:  # 1: a framework failed, reported in the seed's report; go on
                     raise
     results, rows_by_seed, missing = read_seeds(out, seeds, frameworks)
     if not rows_by_seed:
-        fail(f"no seed folder with a report.json in {out} (seed-{seeds[0]}/ ...); run the comparison first")
+        raise RunError(f"no seed folder with a report.json in {out} (seed-{seeds[0]}/ ...); run the comparison first")
     ran = {r["framework"] for rows in rows_by_seed.values() for r in rows}
     frameworks = [f for f in frameworks if f in ran]  # --rewrite-report: those the seed folders hold
     write_report(out, seeds, frameworks, results, rows_by_seed, missing)
     if missing or any(r["status"] != "finished" for rows in rows_by_seed.values() for r in rows):
-        raise SystemExit(1)
+        raise RunError(f"not every seed and framework finished; the report in {out} says which", code=1)
 
 
 def read_seeds(out: Path, seeds: list[int], frameworks: list[str]):

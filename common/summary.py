@@ -11,6 +11,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from . import PACKAGES as FRAMEWORKS
+from .cli import main_guard
+from .errors import RunError
 
 
 def run_model_cli(package: str, argv: list[str]) -> subprocess.CompletedProcess:
@@ -28,7 +30,11 @@ def side_by_side(columns: list[list[str]], gap: int = 3) -> str:
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+    with main_guard():
+        _main(list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv):
     if "-h" in argv or "--help" in argv:
         print(__doc__.strip() + "\n")
         print(run_model_cli("vgg_torch", ["--help"]).stdout.replace("vgg_torch.model", "common.summary"))
@@ -37,8 +43,8 @@ def main(argv=None):
         results = list(pool.map(lambda f: run_model_cli(f, argv), FRAMEWORKS))
     for f, r in zip(FRAMEWORKS, results):
         if r.returncode != 0:
-            sys.stderr.write(f"{f}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'failed'}\n")
-            raise SystemExit(r.returncode)
+            last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"
+            raise RunError(f"{f}: {last.removeprefix('error: ')}", code=r.returncode)
     columns = [r.stdout.rstrip().splitlines() for r in results]
     # the counts line is long; print it once per framework under the table
     counts = [col.pop() for col in columns]
@@ -48,7 +54,8 @@ def main(argv=None):
         print(f"{f:10s} {c}")
     same = len(set(counts)) == 1
     print("parameter counts agree across the three frameworks" if same else "PARAMETER COUNTS DIFFER")
-    raise SystemExit(0 if same else 1)
+    if not same:
+        raise RunError("the parameter counts differ between the frameworks", code=1)
 
 
 if __name__ == "__main__":

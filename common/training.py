@@ -22,43 +22,40 @@ Reports, in --out (default runs/<framework>/):
                     and the one before it, kept as a fallback for --resume
     model.safetensors   the last epoch's weights in the neutral format (common.weights), for
                         `python -m vgg_X.evaluate --weights` in any of the three frameworks
-    .lock           while a run writes there: its process id (see Run.claim)
+    .lock           while a run writes there: its process id (common.runfolder.FolderLock)
+    .vgg-run.json   the manifest that says the folder is this project's (common.runfolder)
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
+import errno
 import io
 import json
 import math
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+from safetensors import safe_open
 from tqdm import tqdm
 
 from .arch import VGGSpec
 from .data import Loader, load_fashion_mnist
-from .errors import CheckpointError, DeviceError, Diverged, Interrupted, RunError  # noqa: F401  (importable from here too)
-from .files import umask as _umask  # noqa: F401  (write_atomic: importable from here too)
-from .files import write_atomic
+from .errors import CheckpointError, DeviceError, Diverged, Interrupted, RunError, reason
+from .files import TMP, write_atomic
+from .files import umask as _umask
 from .recipe import describe_layers, learning_rate, start_from
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; runs there are not locked
-    fcntl = None
+from .runfolder import FolderLock, check_out
+from .signals import Terminated, exit_code, finish_first
 
 # Flags that define the run's arithmetic: --resume refuses to continue with different ones.
 RESUME_KEYS = (
@@ -311,59 +308,9 @@ def save_plot(path, metrics: dict) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def _reason(e: BaseException) -> str:
-    """A framework's exception in one line (MXNet's messages carry a C++ backtrace: its last line)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.startswith(("Traceback", "  "))]
-    return f"{type(e).__name__}: {lines[-1][:200]}" if lines else type(e).__name__
-
-
-def check_out(out: Path) -> None:
-    """Make --out, or say in one line why it cannot hold a run, before any work is done."""
-    if out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} is a file, not a folder; give a folder (it is made if missing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        where = f" at {e.filename}" if e.filename and str(e.filename) != str(out) else ""
-        raise RunError(
-            f"--out {out}: cannot make this folder ({e.strerror}{where}); give a folder on a disk you can write to"
-        ) from None
-    if hasattr(os, "statvfs") and os.statvfs(out).f_flag & os.ST_RDONLY:
-        raise RunError(f"--out {out} is on a read-only file system; give a folder you can write to")
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise RunError(f"--out {out}: no permission to write in this folder; give a folder you can write to")
-
-
-@contextlib.contextmanager
-def finish_first():
-    """Ctrl-C waits until the block is done (a second Ctrl-C does not). Around the checkpoint
-    write, so that an epoch that has finished is kept; a kill at any moment is safe as well
-    (Run.save_checkpoint)."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield  # not ours to change: another thread, a handler of the caller's, or Ctrl-C ignored
-        return
-    hits = []
-
-    def later(signum, frame):
-        hits.append(signum)
-        if len(hits) > 1:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, later)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if hits:
-        raise KeyboardInterrupt
-
-
 class Run:
     """The files of one run in `out` (metrics.json, metrics.png, model.safetensors, the checkpoint,
-    the lock) and how far the run got, for the message that Ctrl-C ends with. In data
+    the lock) and how far the run got, for the message that a stop ends with. In data
     parallelism the other processes have `writes = False`: they read the run's files, never write."""
 
     def __init__(self, out):
@@ -371,57 +318,23 @@ class Run:
         self.metrics_path, self.plot_path = self.out / "metrics.json", self.out / "metrics.png"
         self.pointer = self.out / "checkpoint.json"
         self.model_path = self.out / "model.safetensors"
-        self.lock_path = self.out / ".lock"
         self.writes = True
         self.id = uuid.uuid4().hex[:12]  # in metrics.json and checkpoint.json: which run a checkpoint belongs to
         self.saved = None  # (epoch, folder): this run's last good checkpoint
         self.metrics = None  # set once the run has started: what metrics.json says
+        self.replaces = None  # --overwrite: the earlier run, kept as it was until this run's first checkpoint
         self.where = "start-up"
-        self._lock = None
+        self.lock = FolderLock(self.out, "train")
 
     # -- the lock
     def claim(self) -> None:
-        """Hold an exclusive lock on `out` for the run's whole life: flock on .lock, which holds our
-        process id. The kernel releases it when the process ends, however it ends, so a killed run
-        leaves no stale lock. Then clear what a killed run left half-written (temp files)."""
-        if not self.writes or fcntl is None:
-            return
-        while True:
-            try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as e:
-                raise RunError(
-                    f"--out {self.out}: cannot write there ({e.strerror}); give a folder you can write to"
-                ) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid = os.read(fd, 32).decode(errors="replace").strip()
-                os.close(fd)
-                raise RunError(
-                    f"{self.out} is in use by another run (process {pid or 'unknown'}); wait for it to "
-                    "end, or give this run another --out"
-                ) from None
-            try:  # the run that held it may have ended and removed the file meanwhile: then lock the new one
-                if os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock = fd
-        for tmp in self.out.glob(".checkpoint-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
-        for tmp in self.out.glob(".*.part"):
-            tmp.unlink(missing_ok=True)
+        """The lock on `out` for the run's whole life (FolderLock), then the clean-up of what a
+        killed run of this project left half-written there. Only the process that writes."""
+        if self.writes and self.lock._fd is None:
+            self.lock.claim()
 
     def release(self) -> None:
-        if self._lock is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.lock_path)  # before closing: nobody else holds this file's lock meanwhile
-            os.close(self._lock)
-            self._lock = None
+        self.lock.release()
 
     # -- what is already there
     def check_fresh(self, overwrite: bool):
@@ -459,7 +372,7 @@ class Run:
         except FileNotFoundError:
             problem = None
         except (OSError, ValueError, KeyError, TypeError) as e:
-            problem = f"{self.pointer.name} is damaged ({_reason(e)})"
+            problem = f"{self.pointer.name} is damaged ({reason(e)})"
         found = []
         for folder in self.out.glob("checkpoint-epoch*"):
             if folder.name[16:].isdigit():
@@ -473,9 +386,12 @@ class Run:
             try:
                 if not folder.is_dir():
                     raise FileNotFoundError(f"no folder {folder.name}")
+                check_stored_floats(folder)
                 epoch = backend.load_checkpoint(folder)
+                check_finite(backend.canonical(), folder)
             except Exception as e:  # each framework's own error for a missing or damaged file
-                problems.append(f"{folder.name}: {e if isinstance(e, CheckpointError) else _reason(e)}")
+                problem = str(e).replace(f"{folder}{os.sep}", "") if isinstance(e, CheckpointError) else reason(e)
+                problems.append(f"{folder.name}: {problem}")  # each file named once, inside its folder
                 continue
             if problems:
                 say(
@@ -486,7 +402,7 @@ class Run:
             return epoch
         raise CheckpointError(
             f"--resume: the checkpoint in {self.out} cannot be read ({'; '.join(problems)}); "
-            "--overwrite starts afresh there, --out NEW elsewhere"
+            "resume only from checkpoints you wrote: --overwrite starts afresh there, another --out elsewhere"
         )
 
     # -- writing
@@ -495,11 +411,14 @@ class Run:
         is switched to it, then folders other than it and the one before it go. A kill at any
         moment leaves checkpoint.json pointing at a whole checkpoint: a folder is pointed to only
         once it is renamed into place, and renamed only once it is whole. The next run's claim
-        removes a killed run's temp folder."""
+        removes a killed run's temp folder (its name ends in common.files.TMP)."""
         if not self.writes:
             return
         final = self.out / f"checkpoint-epoch{epoch}"
-        tmp = Path(tempfile.mkdtemp(dir=self.out, prefix=".checkpoint-"))
+        try:
+            tmp = Path(tempfile.mkdtemp(dir=self.out, prefix=".checkpoint-", suffix=TMP))
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(final)) from None
         try:
             backend.save_checkpoint(tmp, epoch)
             for f in tmp.iterdir():  # safetensors writes 0600 files; the folder's rename is what makes it atomic
@@ -507,6 +426,10 @@ class Run:
             os.chmod(tmp, 0o777 & ~_umask())
             shutil.rmtree(final, ignore_errors=True)  # not pointed to by this run: a killed try's, or --overwrite's
             os.replace(tmp, final)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(final)) from None
+        except Exception as e:  # a framework's own error for a failed write (torch.save's RuntimeError, ...)
+            raise OSError(errno.EIO, reason(e), str(final)) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         pointer = {"epoch": epoch, "folder": final.name, "framework": backend.framework, "run": self.id}
@@ -515,7 +438,7 @@ class Run:
             pointer["previous"] = {"epoch": self.saved[0], "folder": self.saved[1].name}
             keep.add(self.saved[1])
         write_json(self.pointer, pointer)
-        self.saved = (epoch, final)
+        self.saved, self.replaces = (epoch, final), None
         for old in self.out.glob("checkpoint-epoch*"):
             if old not in keep:
                 shutil.rmtree(old, ignore_errors=True)
@@ -523,7 +446,12 @@ class Run:
     def export(self, backend: Backend) -> None:
         """The weights alone, in the neutral format that every framework's evaluate reads."""
         if self.writes:
-            backend.export(self.model_path)
+            try:
+                backend.export(self.model_path)
+            except OSError:
+                raise
+            except Exception as e:  # safetensors' own error for a failed write
+                raise OSError(errno.EIO, reason(e), str(self.model_path)) from None
 
     def write(self, metrics: dict) -> None:
         if not self.writes:
@@ -534,17 +462,66 @@ class Run:
 
     # -- how it ended
     def kept(self) -> str:
+        if self.replaces:
+            return f"the earlier run in {self.out} is kept as it was ({self.replaces}); --resume continues it"
         if self.saved:
             return f"the last checkpoint (epoch {self.saved[0]}) is intact; --resume continues from it"
         return "no checkpoint was written; run the same command again to start afresh"
 
-    def interrupted(self, where: str) -> Interrupted:
-        """After Ctrl-C: metrics.json says so (once the run had started); the error says where it stopped."""
-        where = where or self.where
-        if self.metrics is not None:
-            self.metrics.update(status="interrupted", message=f"interrupted during {where}")
+    def ended(self, status: str, message: str) -> bool:
+        """metrics.json says how the run ended, once it had started and where it still can be written
+        (never over an earlier run that --overwrite has not replaced yet); False where it could not."""
+        if self.metrics is None or self.replaces:
+            return True
+        self.metrics.update(status=status, message=message)
+        try:
             self.write(self.metrics)
-        return Interrupted(f"interrupted during {where}; {self.kept()}")
+        except OSError:
+            return False
+        return True
+
+    def interrupted(self, where: str, signal_name: str = "interrupted", code: int = 130) -> Interrupted:
+        """After Ctrl-C or SIGTERM: metrics.json says so (once the run had started); the error says where it stopped."""
+        where = where or self.where
+        self.ended("interrupted", f"{signal_name} during {where}")
+        return Interrupted(f"{signal_name} during {where}; {self.kept()}", code=code)
+
+    def failed(self, e: OSError) -> RunError:
+        """A file of the run could not be written (a full disk, --out removed, ...): one line naming
+        the file and the cause; metrics.json marked failed where it can still be written."""
+        cause = e.strerror or reason(e)
+        if e.errno == errno.ENOENT and not self.out.is_dir():
+            cause += f" ({self.out} was removed while the run wrote there)"
+        message = f"cannot write {e.filename or self.out} during {self.where}: {cause}"
+        marked = self.ended("failed", message)
+        note = "" if marked else " (metrics.json could not be marked failed either)"
+        return RunError(f"{message}{note}; {self.kept()}")
+
+
+WEIGHT_NAMES = {"weight", "bias", "kernel", "scale", "mean", "var", "running_mean", "running_var"}
+
+
+def check_stored_floats(folder: Path) -> None:
+    """CheckpointError naming a weight tensor that a checkpoint's safetensors files store as integers
+    (a framework would convert it on loading without a word). Other files: their framework's check."""
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="np") as f:
+                stored = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        except Exception:  # a damaged file: the framework's loader names the problem
+            continue
+        for name, dtype in stored.items():
+            if name.replace("/", ".").rsplit(".", 1)[-1] in WEIGHT_NAMES and dtype not in ("F32", "F16", "BF16", "F64"):
+                raise CheckpointError(f"{path.name}: {name} stores {dtype} values; weights are floating point")
+
+
+def check_finite(tensors: dict, folder: Path) -> None:
+    """CheckpointError naming the first weight tensor of a loaded checkpoint that holds NaN or infinity
+    (a run saved after it diverged, or a damaged file): --resume then tries the checkpoint before."""
+    for name, x in tensors.items():
+        bad = np.size(x) - int(np.isfinite(x).sum())
+        if bad:
+            raise CheckpointError(f"{name} holds {bad:,} NaN or infinite values (of {np.size(x):,}) in {folder.name}")
 
 
 def _default_config() -> dict:
@@ -566,6 +543,10 @@ def _resume(files: Run, config: TrainConfig, framework: str):
     try:
         old = json.loads(files.metrics_path.read_text())
         old_config = old["config"]
+        if not isinstance(old_config, dict) or not all(
+            isinstance(old.get(k, []), list) for k in ("epochs", "curve", "step_loss")
+        ):
+            raise TypeError("not the structure this project writes")
     except FileNotFoundError:
         raise CheckpointError(
             f"--resume: {files.out} has a checkpoint but no metrics.json, so its flags are "
@@ -573,7 +554,7 @@ def _resume(files: Run, config: TrainConfig, framework: str):
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(
-            f"--resume: {files.metrics_path} is damaged ({_reason(e)}), so the checkpoint cannot "
+            f"--resume: {files.metrics_path} is damaged ({reason(e)}), so the checkpoint cannot "
             "be matched to its flags; --overwrite starts afresh there, --out NEW elsewhere"
         ) from None
     if old.get("framework") != framework:
@@ -648,8 +629,8 @@ def train_epoch(backend: Backend, loader: Loader, epoch: int, steps: int, progre
                 break
         if pending:
             account(*pending)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"epoch {epoch + 1}, step {max(step, 1)} of {steps}") from None
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (the same stop)
+        raise type(e)(f"epoch {epoch + 1}, step {max(step, 1)} of {steps}") from None
     finally:
         batches.close()  # stops the loader's prefetch thread when we leave early
         bar.close()
@@ -691,7 +672,9 @@ def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Sta
     """Everything before the first step: --out, the checks of --resume or of a fresh run, the data,
     the backend, the lock, the checkpoint, the header lines and the loaders."""
     framework = make_backend.framework
-    check_out(files.out)
+    check_out(files.out, "train")
+    if not launched():  # one process: the lock first, before the slow part (several: the primary, below)
+        files.claim()
     if config.resume:  # read-only checks first, to fail before the slow part; repeated under the lock below
         _resume(files, config, framework)
     else:
@@ -708,6 +691,8 @@ def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Sta
     files.writes = backend.primary  # data parallel: the first process prints and writes for all
     say = print if files.writes else (lambda *a, **k: None)
     files.claim()
+    if files.writes:
+        files.lock.mark()  # the folder is this project's from now on
     old, held = None, None
     if config.resume:
         old, candidates, problem = _resume(files, config, framework)
@@ -715,7 +700,7 @@ def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Sta
         if problem:
             say(f"warning: {problem}; looking for the newest checkpoint folder that loads", file=sys.stderr)
     else:
-        held = files.check_fresh(config.overwrite)
+        held = files.replaces = files.check_fresh(config.overwrite)
     spec = config.spec
     metrics = old or {}
     metrics.update(
@@ -742,7 +727,10 @@ def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Sta
     )
     say(data.describe())
     if held:
-        say(f"note: --overwrite: {files.out} holds an earlier run ({held}); this run's first checkpoint replaces it")
+        say(
+            f"note: --overwrite: {files.out} holds an earlier run ({held}); it is kept as it was until this "
+            "run's first checkpoint replaces it"
+        )
     first = 0
     if config.init_from and not config.resume:
         files.where = "start-up (loading --init-from)"
@@ -829,8 +817,12 @@ def _epochs(config: TrainConfig, s: _Started) -> dict:
         say(f"epoch {epoch + 1}/{config.epochs}: {epoch_line(entry)}", flush=True)
         files.where = f"the checkpoint of epoch {epoch + 1} (written to the end first)"
         with finish_first():
-            files.write(metrics)  # before the checkpoint: metrics.json never lags behind what --resume loads
-            files.save_checkpoint(backend, epoch + 1)
+            if files.replaces:  # --overwrite: the earlier run stays whole until this run's first checkpoint is
+                files.save_checkpoint(backend, epoch + 1)
+                files.write(metrics)
+            else:
+                files.write(metrics)  # before the checkpoint: metrics.json never lags behind what --resume loads
+                files.save_checkpoint(backend, epoch + 1)
             files.export(backend)
     with finish_first():
         if s.first >= config.epochs:
@@ -841,15 +833,29 @@ def _epochs(config: TrainConfig, s: _Started) -> dict:
     return metrics
 
 
+# Set by the launchers of several processes (torchrun, MXNet's tools/launch.py, jax.distributed's):
+# then only the primary process claims --out, once its backend has said which process it is.
+LAUNCHERS = ("WORLD_SIZE", "DMLC_ROLE", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES")
+
+
+def launched() -> bool:
+    return any(k in os.environ for k in LAUNCHERS)
+
+
 def run(config: TrainConfig, make_backend: type[Backend]) -> dict:
     """Train `make_backend(config)` (a vgg_X.train.Backend) as the config says; returns the final
     metrics. Holds the lock on --out for the run's whole life. Raises RunError (or one of its
-    kinds), DataError or ArchError."""
-    keep_freed_memory()
+    kinds: Interrupted after SIGINT or SIGTERM, a RunError naming the file when one cannot be
+    written), DataError or ArchError."""
     files = Run(config.out or Path("runs") / make_backend.framework)
     try:
         return _epochs(config, _start(config, make_backend, files))
-    except KeyboardInterrupt as e:
-        raise files.interrupted(str(e)) from None
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (signals.Terminated) under main_guard
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        raise files.interrupted(str(e), what, exit_code(e)) from None
+    except OSError as e:
+        if not str(e.filename or "").startswith(str(files.out)):
+            raise  # not one of the run's files
+        raise files.failed(e) from None
     finally:
         files.release()

@@ -24,13 +24,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from .arch import Block, VGGSpec
+from .errors import WeightsError  # noqa: F401  (import it from common.errors)
 from .files import atomic_path
 
 FORMAT = "vgg-three-ways/1"
-
-
-class WeightsError(ValueError):
-    """Weights that do not fit, or a file that is not ours; the message says what and where."""
 
 
 def expected_canonical(spec: VGGSpec) -> dict[str, tuple[int, ...]]:
@@ -213,6 +210,8 @@ def load_weights(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         inside = path / "model.safetensors"
         hint = f"did you mean {inside}?" if inside.is_file() else "it holds no model.safetensors; name a weights file"
         raise WeightsError(f"{path} is a folder, not a weights file; {hint}")
+    if path.exists() and not path.is_file():  # a FIFO or a device would be read forever
+        raise WeightsError(f"{path} is not a regular file (a pipe, socket or device); name a weights file")
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     converted: dict[str, list[str]] = {}

@@ -48,7 +48,7 @@ TRAIN = [
 ]
 
 
-def cli(module, *args, umask=None):
+def cli(module, *args, umask=None, timeout=600):
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
     return subprocess.run(
         [sys.executable, "-m", module, *map(str, args)],
@@ -56,7 +56,7 @@ def cli(module, *args, umask=None):
         text=True,
         cwd=ROOT,
         env=env,
-        timeout=600,
+        timeout=timeout,
         preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
     )
 
@@ -323,3 +323,180 @@ def test_resume_refuses_a_checkpoint_it_did_not_write(runs, tmp_path, fw, name, 
     assert "weights_only" not in r.stderr and "allow_missing" not in error
     assert not marker.exists(), "the crafted checkpoint ran code"
     assert snapshot(out) == before
+
+
+# ---------------------------------------------------------------------------- inputs checked before work
+
+
+def _idx(kind: str, n: int) -> bytes:
+    """An IDX file of n Fashion-MNIST images (28x28) or labels, all zero."""
+    import gzip
+
+    dims = [n, 28, 28] if kind == "images" else [n]
+    header = (2051 if kind == "images" else 2049).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+    return gzip.compress(header + bytes(int(np.prod(dims))))
+
+
+@pytest.mark.parametrize(
+    "fw,argv,words",
+    [
+        ("gluon", ["--seed", "-1"], ["--seed must lie in 0 to 4294967295"]),
+        ("flax", ["--seed", str(2**32)], ["--seed must lie in 0 to 4294967295"]),
+        ("torch", ["--data-dir", ""], ['--data-dir "" names no folder']),
+    ],
+    ids=["negative-seed", "seed-2**32", "empty-data-dir"],
+)
+def test_train_flags_refused_before_work(tmp_path, fw, argv, words):
+    """Before: a negative seed ended in NumPy's traceback (or ran), 2**32 ran where MXNet wraps it,
+    and --data-dir "" was taken as no flag at all."""
+    refused(cli(f"vgg_{fw}.train", *TRAIN, *argv, "--out", tmp_path / "never"), *words)
+    assert not (tmp_path / "never").exists()
+
+
+def test_an_empty_data_set_is_refused(tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE, data)
+    (data / "t10k-images-idx3-ubyte.gz").write_bytes(_idx("images", 0))
+    (data / "t10k-labels-idx1-ubyte.gz").write_bytes(_idx("labels", 0))
+    refused(
+        cli("vgg_torch.train", *TRAIN, "--data-dir", data, "--out", tmp_path / "run"),
+        "t10k-images-idx3-ubyte.gz holds no images: the t10k set is empty",
+    )
+
+
+def test_a_fifo_is_refused_not_read_forever(tmp_path):
+    """Before: reading a FIFO given as a data file or as weights waited forever."""
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE, data)
+    (data / "t10k-labels-idx1-ubyte.gz").unlink()
+    os.mkfifo(data / "t10k-labels-idx1-ubyte.gz")
+    os.mkfifo(tmp_path / "w.safetensors")
+    good = tmp_path / "good.safetensors"
+    save_weights(good, random_canonical(SPEC), spec_metadata(SPEC))
+    refused(
+        cli("vgg_gluon.evaluate", "--weights", good, "--data-dir", data, timeout=120),
+        "t10k-labels-idx1-ubyte.gz is not a regular file",
+    )
+    refused(
+        cli("vgg_torch.evaluate", "--weights", tmp_path / "w.safetensors", timeout=120),
+        "w.safetensors is not a regular file",
+    )
+
+
+def test_weights_asking_for_an_absurd_image_size(tmp_path):
+    """Twenty 1-channel blocks pool 2**20 px down to 1: a small file whose first block's output
+    alone is 4 TiB per image (before: the framework tried to allocate it)."""
+    from common.arch import Block, VGGSpec
+
+    spec = VGGSpec(
+        name="absurd", blocks=tuple(Block(1, (3,)) for _ in range(20)), image_size=(2**20, 2**20), hidden_units=8
+    )
+    path = tmp_path / "absurd.safetensors"
+    save_weights(path, random_canonical(spec), spec_metadata(spec))
+    refused(
+        cli("vgg_flax.evaluate", "--weights", path, "--data-dir", SAMPLE),
+        "its metadata asks for 1048576x1048576 px images",
+        "more than this machine's",
+    )
+
+
+def test_resume_refuses_a_metrics_json_of_the_wrong_structure(runs, tmp_path):
+    """Before: a TypeError traceback."""
+    out = tmp_path / "run"
+    shutil.copytree(runs / "torch", out)
+    (out / "metrics.json").write_text('{"framework": "torch", "config": 5, "epochs": {}}')
+    before = snapshot(out)
+    refused(
+        cli("vgg_torch.train", *TRAIN, "--epochs", "2", "--resume", "--out", out),
+        "metrics.json is damaged",
+        "not the structure this project writes",
+    )
+    assert snapshot(out) == before
+
+
+def test_profile_refuses_a_non_finite_timeout_and_an_out_it_cannot_write(tmp_path):
+    """Before: --timeout nan was taken, and a read-only --out was found only at the final write,
+    after the measurements, with a traceback."""
+    refused(
+        cli("common.profile", "--arithmetic-only", "--timeout", "nan"), "--timeout must be a positive finite number"
+    )
+    refused(
+        cli("common.profile", "--arithmetic-only", "--out", "/proc/self/profile.json"),
+        "--out: cannot write in /proc/self",
+    )
+
+
+# ---------------------------------------------------------------------------- common.compare, refused up front
+
+
+def test_compare_refusals(tmp_path):
+    """Each one line and exit code 2, before any framework runs (before: tracebacks for the file and
+    the damaged report, and the duplicate and the empty --resume started training)."""
+    (tmp_path / "f").write_text("kept")
+    refused(cli("common.compare", "--out", tmp_path / "f"), "is a file, not a folder")
+    refused(cli("common.compare", "--out", "/proc/vgg-compare"), "cannot make this folder")
+    refused(cli("common.compare", "--frameworks", "torch,torch", "--out", tmp_path / "a"), "names torch twice")
+    refused(cli("common.compare", "--resume", "--out", tmp_path / "b"), "holds no run to continue")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    report = tmp_path / "r"
+    report.mkdir()
+    (report / "report.json").write_text('{"flags": [], "rows": 5}')
+    refused(cli("common.compare", "--rewrite-report", "--out", report), "report.json is damaged")
+    assert (tmp_path / "f").read_text() == "kept"
+
+
+def test_compare_refuses_a_folder_with_an_earlier_run(runs, tmp_path):
+    """<out>/torch holds a run: refused without --overwrite or --resume, and nothing is touched
+    (before: it was replaced without a word)."""
+    out = tmp_path / "cmp"
+    shutil.copytree(runs / "torch", out / "torch")
+    before = snapshot(out)
+    refused(cli("common.compare", *TRAIN, "--out", out), "torch already holds a run", "--overwrite replaces it")
+    assert snapshot(out) == before
+
+
+def test_compare_refuses_a_busy_folder_at_once(tmp_path):
+    """A second comparison on a folder another one holds is refused, naming its process (before: it
+    ran, and replaced the first one's init.safetensors)."""
+    out = tmp_path / "cmp"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+            "print('locked', flush=True)\ntime.sleep(600)\n",
+            str(out / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        refused(cli("common.compare", *TRAIN, "--out", out), f"in use by another comparison (process {holder.pid})")
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_resume_refuses_integer_weights_in_a_checkpoint(tmp_path):
+    """A checkpoint's safetensors file with an integer weight tensor (a framework would convert it on
+    loading without a word) is refused by name, so --resume tries the checkpoint before."""
+    from common.errors import CheckpointError
+    from common.training import check_stored_floats
+
+    folder = tmp_path / "checkpoint-epoch2"
+    folder.mkdir()
+    tensors = random_canonical(SPEC)
+    save_file({**tensors, "fc3.weight": tensors["fc3.weight"].astype(np.int32)}, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors: fc3.weight stores I32 values"):
+        check_stored_floats(folder)
+    save_file(
+        {"model/block1/conv1/kernel": np.zeros(3, np.float32), "optimizer/step": np.zeros(1, np.uint32)},
+        folder / "model.safetensors",
+    )
+    check_stored_floats(folder)  # counters and RNG keys are integers by nature

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from common import FRAMEWORKS
-from common.cli import PRESETS, parse_train_args, preset_flags
+from common.cli import PRESETS, main_guard, parse_train_args, preset_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def error_of(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit) as e, main_guard():  # the library raises UsageError; the command line's edge says it
         parse_train_args(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err
@@ -105,7 +105,7 @@ def test_train_script_rejects_bad_flag_and_missing_gpu(fw, tmp_path):
 def test_resume_refuses_missing_or_different_runs(tmp_path):
     """The library raises (typed, with the message); the command line turns it into exit code 2."""
     from common import training
-    from common.data import DataError
+    from common.errors import DataError
 
     class Never:  # the checks come before any framework work
         framework = "torch"

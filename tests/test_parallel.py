@@ -155,10 +155,10 @@ def test_shards_partition_each_global_batch(n, batch, drop_last):
 
 def test_devices_must_split_the_global_batch(capsys):
     from common.cli import parse_train_args
+    from common.errors import UsageError
 
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UsageError, match="--batch-size 32 is the global batch"):
         parse_train_args([*FLAGS, "--devices", "3"])
-    assert e.value.code == 2 and "--batch-size 32 is the global batch" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_train_args([*FLAGS, "--devices", "0"])
     assert parse_train_args([*FLAGS, "--devices", "2"]).devices == 2
@@ -235,6 +235,7 @@ def test_torch_ddp_matches_one_process(torch_runs, tmp_path):
     # rank 0 alone reports: one epoch line, one 'wrote', one set of files, no temp files
     assert out.count("epoch 1/1:") == 1 and out.count("wrote ") == 1, out
     assert sorted(p.name for p in (d / "two").iterdir()) == [
+        ".vgg-run.json",  # the manifest: the folder is this project's
         "checkpoint-epoch1",
         "checkpoint.json",
         "metrics.json",

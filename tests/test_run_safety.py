@@ -31,7 +31,7 @@ def _sigint_default():
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell's background job inherits it ignored
 
 
-def start(fw, out, *flags, **kw):
+def start(fw, out, *flags, preexec_fn=_sigint_default, **kw):
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
     return subprocess.Popen(
         [sys.executable, "-m", f"vgg_{fw}.train", *FLAGS, *flags, "--out", str(out)],
@@ -40,9 +40,14 @@ def start(fw, out, *flags, **kw):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_sigint_default,
+        preexec_fn=preexec_fn,
         **kw,
     )
+
+
+def ended(p, timeout=600) -> subprocess.CompletedProcess:
+    stdout, stderr = p.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
 
 
 def train(fw, out, *flags):
@@ -101,6 +106,7 @@ def copy(done, tmp_path) -> Path:
 def test_a_finished_run_keeps_its_folder_and_lock_file_goes(done):
     fw, out = done
     assert sorted(p.name for p in out.iterdir()) == [
+        ".vgg-run.json",  # the manifest: the folder is this project's
         "checkpoint-epoch1",
         "checkpoint-epoch2",
         "checkpoint.json",
@@ -187,6 +193,8 @@ def test_resume_refuses_an_unreadable_checkpoint(done, tmp_path, damage):
     before = snapshot(out)
     line = refused(train(fw, out, "--epochs", "2", "--max-steps", "2", "--resume"))
     assert "cannot be read" in line and "checkpoint-epoch2" in line and "--overwrite starts afresh" in line
+    # the advice said once, not once per checkpoint (before: three times, in 550-650 characters)
+    assert line.count("--out") == 1 and line.count("starts afresh") == 1 and line.count(str(out)) == 1, line
     assert snapshot(out) == before
 
 
@@ -260,3 +268,245 @@ def test_killed_runs_resume_to_the_same_weights(fw, tmp_path):
     report = kill_resume.run([fw], tries=2, steps=4, folder=tmp_path, log=lambda *a: None)
     rows = report["frameworks"][fw]["tries"]
     assert all(r["ok"] for r in rows), rows
+
+
+# ---------------------------------------------------------------------------- a folder it did not make
+
+
+def users_folder(tmp_path) -> Path:
+    """A user's folder: their own metrics.json, a .part file and a .checkpoint-* folder of their own."""
+    user = tmp_path / "mine"
+    (user / ".checkpoint-notes").mkdir(parents=True)
+    (user / ".checkpoint-notes" / "n.txt").write_text("mine")
+    (user / "metrics.json").write_text('{"mine": true}')
+    (user / ".draft.part").write_text("mine")
+    return user
+
+
+def test_a_users_folder_is_refused_through_a_symlink_and_left_as_it_was(tmp_path):
+    """Before: the run wrote its metrics.json over the user's and deleted their .part file and
+    .checkpoint-* folder."""
+    user = users_folder(tmp_path)
+    (tmp_path / "link").symlink_to(user)
+    before = snapshot(user)
+    line = refused(train("torch", tmp_path / "link", "--epochs", "1", "--max-steps", "2"))
+    assert "is not empty and holds no run of this project" in line and "nothing there is touched" in line
+    assert snapshot(user) == before and sorted(p.name for p in user.iterdir()) == sorted(before_names(before))
+
+
+def before_names(snap):
+    return {k.split("/")[0] for k in snap}
+
+
+def test_clean_up_removes_only_the_projects_own_temporary_names(done, tmp_path):
+    """In a run's folder, a killed run's temporary names (ending .vgg-tmp) go; a user's .part file and
+    .checkpoint-* folder put there stay (before: both were deleted)."""
+    fw, _ = done
+    if fw != "gluon":
+        pytest.skip("one framework: the clean-up is common.runfolder's")
+    out = copy(done, tmp_path)
+    (out / ".checkpoint-mine").mkdir()
+    (out / ".checkpoint-mine" / "keep.txt").write_text("mine")
+    (out / ".notes.part").write_text("mine")
+    (out / ".checkpoint-k1l2.vgg-tmp").mkdir()
+    (out / ".metrics.json.k1l2.vgg-tmp").write_text("half")
+    r = train(fw, out, "--epochs", "2", "--max-steps", "2", "--resume")  # nothing to do: two epochs are there
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert (out / ".checkpoint-mine" / "keep.txt").read_text() == "mine" and (out / ".notes.part").exists()
+    assert not (out / ".checkpoint-k1l2.vgg-tmp").exists() and not (out / ".metrics.json.k1l2.vgg-tmp").exists()
+
+
+def test_overwrite_keeps_the_earlier_run_until_the_first_checkpoint(done, tmp_path):
+    """--overwrite, then Ctrl-C before the new run's first checkpoint: the earlier run's metrics.json
+    and checkpoint are as they were, and --resume could continue it (before: metrics.json was
+    replaced by the new run's 'interrupted' one)."""
+    fw, _ = done
+    if fw != "flax":
+        pytest.skip("one framework: the run folder is common.training's")
+    out = copy(done, tmp_path)
+    before = snapshot(out)
+    p = start(fw, out, "--epochs", "1", "--max-steps", "100", "--overwrite", "--seed", "3")
+    for line in p.stdout:
+        if line.startswith("Fashion-MNIST"):  # the header: start-up is done, training begins
+            break
+    time.sleep(1)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    line = refused(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr), code=130)
+    assert "the earlier run in" in line and "is kept as it was" in line, line
+    assert snapshot(out) == before
+
+
+# ---------------------------------------------------------------------------- I/O failures
+
+
+def test_a_full_disk_is_one_line_and_the_last_checkpoint_stays(done, tmp_path):
+    """A file-size limit (RLIMIT_FSIZE, as a full disk) stops the third epoch's checkpoint: one line
+    naming it and the cause, metrics.json 'failed', checkpoint.json still at epoch 2 and both
+    checkpoints as they were (before: SIGXFSZ killed the process, no message)."""
+    import json
+    import resource
+
+    fw, _ = done
+    if fw != "torch":
+        pytest.skip("one framework: the run's writes are common.training's")
+    out = copy(done, tmp_path)
+    before = {k: v for k, v in snapshot(out).items() if k.startswith("checkpoint")}
+
+    def limited():
+        _sigint_default()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))  # metrics.json fits, weights do not
+
+    p = start(fw, out, "--epochs", "3", "--max-steps", "2", "--resume", preexec_fn=limited)
+    r = ended(p, 600)
+    line = refused(r)
+    assert f"cannot write {out}/checkpoint-epoch3" in line and "File too large" in line, line
+    assert "the last checkpoint (epoch 2) is intact; --resume continues" in line
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "failed" and "File too large" in m["message"]
+    assert {k: v for k, v in snapshot(out).items() if k.startswith("checkpoint")} == before
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".vgg-tmp")]
+
+
+def test_out_deleted_during_the_run_is_one_line(done, tmp_path):
+    fw, _ = done
+    if fw != "gluon":
+        pytest.skip("one framework: the run's writes are common.training's")
+    out = tmp_path / "run"
+    p = start(fw, out, "--epochs", "3", "--max-steps", "30")
+    for line in p.stdout:
+        if line.startswith("epoch 1/3:"):
+            break
+    while out.exists():
+        shutil.rmtree(out, ignore_errors=True)
+    r = ended(p, 600)
+    line = refused(r)
+    assert "cannot write" in line and "No such file or directory" in line and "was removed while the run" in line
+
+
+def test_a_path_too_long_is_refused_before_any_work(tmp_path):
+    """An --out so long that the files inside it would pass the file system's path limit (before: the
+    run trained and then failed with a traceback at its first write)."""
+    out = tmp_path
+    while len(str(out)) < 4096 - 60:
+        out = out / ("d" * 200)
+    line = refused(train("flax", out, "--epochs", "1", "--max-steps", "2"))
+    assert "give a shorter --out" in line and "limit of 4,096 bytes" in line
+
+
+# ---------------------------------------------------------------------------- signals
+
+
+def test_sigterm_stops_like_ctrl_c(done, tmp_path):
+    """Before: SIGTERM ended the process with no message and no metrics.json."""
+    import json
+
+    fw, _ = done
+    if fw != "torch":
+        pytest.skip("one framework: the signals are common.signals'")
+    out = tmp_path / "run"
+    p = start(fw, out, "--epochs", "2", "--max-steps", "40")
+    for line in p.stdout:
+        if line.startswith("epoch 1/2:"):
+            break
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    line = refused(ended(p, 120), code=143)
+    assert "terminated (SIGTERM) during" in line and "the last checkpoint (epoch 1) is intact" in line
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "interrupted" and json.loads((out / "checkpoint.json").read_text())["epoch"] == 1
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_ctrl_c_while_the_framework_imports_is_one_line(fw, tmp_path):
+    """Before: a KeyboardInterrupt traceback from inside the framework's import."""
+    p = start(fw, tmp_path / "run", "--epochs", "1")
+    time.sleep(0.8)
+    p.send_signal(signal.SIGINT)
+    line = refused(ended(p, 120), code=130)
+    assert line.startswith("error: interrupted during start-up")
+
+
+def test_a_busy_folder_is_refused_before_the_data_is_read(tmp_path):
+    """The lock comes first: with a missing --data-dir, the busy folder is what is said (before: the
+    data error, after the data was looked for; with good data, 7 s later, after the model was built)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+            "print('locked', flush=True)\ntime.sleep(600)\n",
+            str(out / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        line = refused(train("torch", out, "--epochs", "1", "--data-dir", str(tmp_path / "no-data")))
+        assert f"in use by another run (process {holder.pid})" in line
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_resume_refuses_non_finite_weights_by_name_and_falls_back(done, tmp_path):
+    """NaN in the last checkpoint's weights: --resume names the tensor and continues from the epoch
+    before (before: it resumed from the NaN weights without a word)."""
+    from safetensors.numpy import save_file
+
+    fw, _ = done
+    if fw != "torch":
+        pytest.skip("one framework: the check is common.training's, on the loaded canonical weights")
+    out = copy(done, tmp_path)
+    path = out / "checkpoint-epoch2" / "model.safetensors"
+    t = tensors(path)
+    t["fc3.weight"][0, :3] = np.nan
+    save_file(t, str(path))
+    r = train(fw, out, "--epochs", "2", "--max-steps", "2", "--resume")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "checkpoint-epoch2: fc3.weight holds 3 NaN or infinite values" in r.stderr
+    assert "resumed from" in r.stdout and "after epoch 1" in r.stdout
+
+
+# ---------------------------------------------------------------------------- common.compare and signals
+
+
+def test_compare_passes_ctrl_c_to_its_child_and_reports(tmp_path):
+    """Ctrl-C during the first framework: the child stops as a train script does (exit 130, its
+    checkpoint kept), the report holds it marked interrupted and the next one not started, the
+    comparison exits 130 in one line, and no child is left (before: a traceback, no report)."""
+    import json
+
+    out = tmp_path / "cmp"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "common.compare", *FLAGS, "--frameworks", "torch,gluon", "--no-same-init"]
+        + ["--epochs", "2", "--max-steps", "40", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_default,
+    )
+    for line in p.stdout:
+        if line.startswith("epoch 1/2:"):
+            break
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    r = ended(p, 300)
+    lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines[-1].startswith("error: interrupted during torch") and "--resume continues" in lines[-1]
+    rows = {row["framework"]: row["status"] for row in json.loads((out / "report.json").read_text())["rows"]}
+    assert rows == {"torch": "interrupted (exit 130)", "gluon": "not started (interrupted)"}
+    assert json.loads((out / "torch" / "checkpoint.json").read_text())["epoch"] == 1
+    assert json.loads((out / "torch" / "metrics.json").read_text())["status"] == "interrupted"
+    alive = subprocess.run(["pgrep", "-f", f"--out={out}/"], capture_output=True, text=True).stdout.split()
+    assert not alive, alive

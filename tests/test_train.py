@@ -224,13 +224,16 @@ def test_compare_reports_a_failing_framework(tmp_path, monkeypatch):
     assert "| broken | - |" in compare.table([row]) and "failed (exit 1)" in compare.table([row])
 
 
-def test_compare_redoes_its_own_runs(tmp_path, monkeypatch):
-    """A second comparison into the same --out redoes the three runs there (a fresh run would
-    otherwise be refused by the first one's checkpoint); with --resume it continues them."""
+def test_compare_redoes_its_own_runs_only_when_told(tmp_path, monkeypatch, capsys):
+    """A second comparison into the same --out is refused while <framework>/ holds the first one's
+    run; --overwrite redoes the runs there, --resume continues them."""
     calls = []
 
     def fake(framework, argv, out):
         calls.append(argv)
+        out.mkdir(parents=True, exist_ok=True)
+        pointer = {"epoch": 1, "folder": "checkpoint-epoch1", "framework": framework}
+        (out / "checkpoint.json").write_text(json.dumps(pointer))
         return {
             "framework": framework,
             "status": "finished",
@@ -241,10 +244,14 @@ def test_compare_redoes_its_own_runs(tmp_path, monkeypatch):
         }
 
     monkeypatch.setattr(compare, "run_one", fake)
-    compare.main([*TINY, "--lr", "0.01", "--out", str(tmp_path)])
-    compare.main([*TINY, "--lr", "0.01", "--out", str(tmp_path), "--resume"])
-    assert [a.count("--overwrite") for a in calls] == [1, 1, 1, 0, 0, 0]
-    assert [a.count("--resume") for a in calls] == [0, 0, 0, 1, 1, 1]
+    compare.main([*TINY, "--lr", "0.01", "--out", str(tmp_path), "--no-same-init"])
+    with pytest.raises(SystemExit) as e:
+        compare.main([*TINY, "--lr", "0.01", "--out", str(tmp_path), "--no-same-init"])
+    assert e.value.code == 2 and "already holds a run" in capsys.readouterr().err
+    compare.main([*TINY, "--lr", "0.01", "--out", str(tmp_path), "--no-same-init", "--overwrite"])
+    compare.main([*TINY, "--lr", "0.01", "--out", str(tmp_path), "--no-same-init", "--resume"])
+    assert [a.count("--overwrite") for a in calls] == [0, 0, 0, 1, 1, 1, 0, 0, 0]
+    assert [a.count("--resume") for a in calls] == [0, 0, 0, 0, 0, 0, 1, 1, 1]
 
 
 def apply_updates(fw, optimizer, w0, grads, lr, momentum):

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from common import training
-from common.training import DeviceError, RunError
+from common.errors import DeviceError, RunError
 
 AXIS = "data"
 

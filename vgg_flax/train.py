@@ -136,15 +136,13 @@ def load_checkpoint(folder, model, optimizer) -> int:
                 name = prefix + _name(p)
                 if name not in saved:
                     raise CheckpointError(
-                        f"{path} is not a checkpoint this project wrote for this model: it has no "
-                        f"{name}. Resume from another checkpoint, or start afresh with another --out"
+                        f"{path} is not a checkpoint this project wrote for this model: it has no {name}"
                     )
                 v, want = saved[name], (jax.random.key_data(leaf) if _is_key(leaf) else leaf)
                 if v.shape != want.shape:
                     raise CheckpointError(
                         f"{path} is not a checkpoint this project wrote for this model: {name} is "
-                        f"{v.shape} in the file but {want.shape} here. Resume from another "
-                        "checkpoint, or start afresh with another --out"
+                        f"{v.shape} in the file but {want.shape} here"
                     )
                 v = jnp.asarray(v)
                 return jax.random.wrap_key_data(v) if _is_key(leaf) else v
@@ -155,8 +153,7 @@ def load_checkpoint(folder, model, optimizer) -> int:
         return json.loads(path.read_text())["epoch"]
     except (SafetensorError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(
-            f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
-            "resume from another checkpoint, or start afresh with another --out"
+            f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)})"
         ) from None
 
 
@@ -228,6 +225,7 @@ def main(argv=None):
                 description="Train a VGG on Fashion-MNIST with Flax NNX (nnx.jit train step).",
             )
         )
+        training.keep_freed_memory()  # this process's malloc keeps freed memory: faster, its peak kept until exit
         try:
             training.run(config, Backend)
         finally:

@@ -1,8 +1,14 @@
 """VGG in MXNet Gluon."""
 
+import sys as _sys
 import warnings
 
-import numpy as np
+if _sys.argv[:1] == ["-m"]:  # a command starting (python -m ...): Ctrl-C while the frameworks import ends in one line
+    from common.signals import guard_start
+
+    guard_start()
+
+import numpy as np  # noqa: E402
 
 # MXNet 1.9.1, the last release, was written for NumPy 1.x: it uses a few names that NumPy
 # removed (1.24, 2.0). This is the one place that restores them, before anything imports mxnet,

@@ -28,7 +28,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from common import training
-from common.training import DeviceError, RunError
+from common.errors import DeviceError, RunError
 
 _kvstore = None  # the dist KVStore of a launched worker, which `total` also sums with
 TOTAL_KEY = 1 << 30  # for `total`: beyond the Trainer's keys (0 .. #parameters - 1)

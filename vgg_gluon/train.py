@@ -156,8 +156,7 @@ def load_checkpoint(folder, net, trainer) -> int:
             except _Refused as e:
                 raise CheckpointError(
                     f"{path} is not a checkpoint this project wrote: it refers to {e}, which is "
-                    "refused unread (unpickling it could run code). Resume only from checkpoints "
-                    "you wrote, or start afresh with another --out"
+                    "refused unread (unpickling it could run code)"
                 ) from None
         # what save_states writes: ({parameter index: state}, the optimiser), for this trainer's optimiser
         indices = set(range(len(list(net.collect_params().keys()))))  # ParameterDict has no len()
@@ -170,8 +169,7 @@ def load_checkpoint(folder, net, trainer) -> int:
         ):
             raise CheckpointError(
                 f"{path} is not a checkpoint this project wrote for this run: it holds no "
-                f"{type(trainer.optimizer).__name__} state for this model. Resume from another "
-                "checkpoint, or start afresh with another --out"
+                f"{type(trainer.optimizer).__name__} state for this model"
             )
         trainer.load_states(str(path))
         path = folder / "state.json"
@@ -188,8 +186,7 @@ def load_checkpoint(folder, net, trainer) -> int:
         AttributeError,
     ) as e:
         raise CheckpointError(
-            f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
-            "resume from another checkpoint, or start afresh with another --out"
+            f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)})"
         ) from None
 
 
@@ -276,6 +273,7 @@ def main(argv=None):
                 description="Train a VGG on Fashion-MNIST with MXNet Gluon (hybridized).",
             )
         )
+        training.keep_freed_memory()  # this process's malloc keeps freed memory: faster, its peak kept until exit
         try:
             training.run(config, Backend)
         finally:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from common import training
-from common.training import DeviceError, RunError
+from common.errors import DeviceError, RunError
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,10 @@ def launch(args, module: str, argv) -> bool:
     try:
         torchrun(["--standalone", f"--nproc_per_node={args.devices}", "-m", module, *argv])
     except ChildFailedError as e:  # each process has printed its own error; pass its exit code on
-        raise SystemExit(next(iter(e.failures.values())).exitcode or 1) from None
+        code = next(iter(e.failures.values())).exitcode or 1
+        raise RunError(
+            f"--devices {args.devices}: a process ended with exit code {code} (its error is above)", code=code
+        ) from None
     return True
 
 

@@ -109,14 +109,10 @@ def load_checkpoint(folder, net, optimizer) -> int:
             if found
             else "the safe loader cannot read it as a file of tensors"
         )
-        raise CheckpointError(
-            f"{path} is not a checkpoint this project wrote: {why}. Resume only from "
-            "checkpoints you wrote, or start afresh with another --out"
-        ) from None
+        raise CheckpointError(f"{path} is not a checkpoint this project wrote: {why}") from None
     except (SafetensorError, RuntimeError, KeyError, IndexError, TypeError, ValueError, EOFError) as e:
         raise CheckpointError(
-            f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)}); "
-            "resume from another checkpoint, or start afresh with another --out"
+            f"{path} is not a checkpoint this project wrote, or it is damaged ({reason(e)})"
         ) from None
 
 
@@ -190,6 +186,7 @@ def main(argv=None):
         )
         if parallel.launch(config, "vgg_torch.train", sys.argv[1:] if argv is None else argv):
             return  # --devices N: torchrun has run the N processes
+        training.keep_freed_memory()  # this process's malloc keeps freed memory: faster, its peak kept until exit
         try:
             training.run(config, Backend)
         except BaseException:

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from common.arch import make_spec
-from common.weights import WeightsError, check_compatible, expected_canonical, load_weights, save_weights, spec_metadata
+from common.errors import WeightsError
+from common.weights import check_compatible, expected_canonical, load_weights, save_weights, spec_metadata
 
 
 def to_canonical(net: nn.Module) -> dict[str, np.ndarray]:
