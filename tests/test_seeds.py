@@ -215,5 +215,5 @@ def test_seeds_refuse_a_single_comparison_folder(tmp_path, capsys):
     (tmp_path / "report.json").write_text(json.dumps({"flags": [], "rows": []}))
     with pytest.raises(SystemExit) as e:
         compare.main(["--seeds", "0", "1", "--out", str(tmp_path)])
-    assert e.value.code == 2 and "holds a single comparison" in capsys.readouterr().err
+    assert e.value.code == 2 and "holds a comparison, not a comparison over seeds" in capsys.readouterr().err
     assert json.loads((tmp_path / "report.json").read_text()) == {"flags": [], "rows": []}
