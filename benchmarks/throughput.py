@@ -2,7 +2,7 @@
 the peers a user would pick instead (torchvision's VGG, the Gluon model zoo's VGG) through the
 same loop, against the machine's matrix-multiply rate:
 
-    python -m benchmarks.throughput [--sizes 32 96 224] [--device cpu|gpu] [--precision float32|bfloat16|float16]
+    python -m benchmarks.throughput [--sizes 32 96 224] [--device cpu|gpu] [--precision float32|bfloat16]
                                     [--extra NAME=PYTHON:FRAMEWORK ...]
 
 For each image size and framework, in a process of its own (benchmarks/workers.py):
@@ -52,10 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument(
         "--precision",
-        choices=("float32", "bfloat16", "float16"),
+        choices=("float32", "bfloat16"),
         default="float32",
-        help="float32, or mixed precision: torch autocast, MXNet AMP (bfloat16 on CPU, float16 on GPU), "
-        "Flax layers' computation dtype (parameters stay float32)",
+        help="the train scripts' --precision, passed to their own step (bfloat16: mixed precision, the "
+        "parameters float32; docs/training.md)",
     )
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument(
