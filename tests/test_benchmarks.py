@@ -36,7 +36,6 @@ TINY = [
     "256",
     "--matmul-repeats",
     "1",
-    "--flax-place-state",
     "--data-dir",
     str(DATA),
 ]
@@ -69,7 +68,10 @@ def test_every_framework_and_peer_is_measured(report):
     assert result["benchmark"] == "throughput"
     assert {"cpus", "load_average_start", "load_average_end"} <= set(result["machine"])
     assert result["config"]["sizes"] == [32] and result["config"]["frameworks"] == FRAMEWORKS
-    assert result["matmul"]["float32_gflops"] > 0
+    assert result["matmul"]["float32_gflops"] > 0 and result["matmul"]["bfloat16_gflops"] > 0
+    isa = result["machine"]["isa"]  # None where /proc/cpuinfo has no flags (not Linux)
+    assert isa is None or set(isa) == {"AVX-512", "AVX512-BF16", "AMX"}
+    assert result["machine"]["cpu"] in stdout and "AVX512-BF16" in stdout and "bfloat16" in stdout
     rows = {r["framework"]: r for r in result["results"]}
     assert sorted(rows) == sorted(FRAMEWORKS + ["flax_other"])
     for fw, r in rows.items():
@@ -90,8 +92,10 @@ def test_extra_runs_a_framework_under_another_interpreter(report):
     row = next(r for r in result["results"] if r["framework"] == "flax_other")
     assert row["measures"] == "vgg_flax" and row["python"] == wrapper
     assert row["versions"] == next(r for r in result["results"] if r["framework"] == "vgg_flax")["versions"]
-    (call,) = calls.splitlines()  # the one size, once; the matmul and the other rows ran elsewhere
+    # the one size, once, and its train script's cross-check; the matmul and the other rows ran elsewhere
+    call, script = calls.splitlines()
     assert "benchmarks.workers" in call and call.endswith(" vgg_flax")
+    assert script.startswith("-m vgg_flax.train ") and row["cross_check"]["status"] == "ok"
     assert result["config"]["extra"] == {"flax_other": {"framework": "vgg_flax", "python": wrapper}}
     assert "flax_other: flax " in stdout
 
@@ -109,6 +113,28 @@ def test_extra_mistakes_fail_with_a_message(tmp_path, extra, message):
     proc = bench(*TINY, "--extra", extra, out=tmp_path / "x.json")
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_the_train_scripts_are_run_beside_the_benchmark(report):
+    """The cross-check: each of the three train scripts ran the same configuration for as many
+    steps as the benchmark's end-to-end training timed (plus the first, which it leaves out), and
+    its own examples/s stand beside the benchmark's, their ratio in the JSON and the output."""
+    result, stdout = report[:2]
+    rows = {r["framework"]: r for r in result["results"]}
+    for fw in ("vgg_torch", "vgg_gluon", "vgg_flax"):
+        c, e2e = rows[fw]["cross_check"], rows[fw]["train"]["end_to_end"]
+        assert c["status"] == "ok" and c["steps"] == e2e["steps"] + 1, (fw, c)
+        assert (
+            f"-m {fw}.train " in c["command"]
+            and "--precision=float32" in c["command"]
+            and "--resize=32" in c["command"]
+        )
+        assert c["script_vs_benchmark"] == pytest.approx(c["examples_per_s"] / e2e["examples_per_s"])
+        assert c["agrees"] == (abs(c["script_vs_benchmark"] - 1) <= 0.2)
+        assert result["cross_check"]["values"][f"{fw}@32"] == pytest.approx(c["script_vs_benchmark"])
+    assert "cross_check" not in rows["torchvision"] and "cross_check" not in rows["gluon_zoo"]  # no train script
+    assert "its train script" in stdout and "cross-check:" in stdout
+    assert result["cross_check"]["agrees"] == (not result["cross_check"]["apart"])
 
 
 def test_peers_compute_the_same_network(report):
