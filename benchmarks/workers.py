@@ -124,9 +124,14 @@ class Torch:
     def train_step_host(self, x, y):
         return self.b.train_step(x, y)
 
-    def predict(self, x):  # as vgg_torch.train.predict, left on the device (see the module's docstring)
+    def autocast(self):
+        """The train script's autocast (vgg_torch.train.train_step's), for running the model outside
+        its step: inference here, one layer at a time in benchmarks.profile_worker."""
         dtype = self.b.dtype
-        with self.torch.inference_mode(), self.torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        return self.torch.autocast(self.b.dev.type, dtype=dtype, enabled=dtype is not None)
+
+    def predict(self, x):  # as vgg_torch.train.predict, left on the device (see the module's docstring)
+        with self.torch.inference_mode(), self.autocast():
             return self.b.model(x).argmax(1)
 
     def predict_host(self, x):
