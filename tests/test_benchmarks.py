@@ -228,3 +228,40 @@ def test_the_benchmarked_step_runs_in_the_requested_precision(framework):
     low = "float32" if framework == "vgg_flax" else "bfloat16"
     for run, dtype in (("float32", "float32"), ("bfloat16", low), ("bfloat16 --no-cpu-workarounds", "bfloat16")):
         assert len(seen[run]) >= 1 and all(dtype in d for d in seen[run]), (run, seen)
+
+
+def test_train_scripts_clock_starts_when_the_first_step_is_done():
+    """The train scripts' examples/s (what the cross-check reads) leave the first step out: the
+    clock starts when it is done. A synchronous step (PyTorch on a CPU returns when the step is
+    over) must not have finished the second step too by then, or examples/s would count a step it
+    did not time: 1.5x too high over four steps. The truth is the steps' own durations."""
+    import time
+
+    import numpy as np
+
+    from common.data import Loader
+    from common.training import train_epoch
+
+    class Synchronous:  # a Backend whose step is over when train_step returns
+        def __init__(self):
+            self.spans = []
+
+        def start_epoch(self, epoch):
+            pass
+
+        def train_step(self, x, y):
+            t = time.perf_counter()
+            time.sleep(0.05)
+            self.spans.append(time.perf_counter() - t)
+            return 0.5, 1
+
+        def fetch(self, out):
+            return out
+
+    backend, batch = Synchronous(), 8
+    loader = Loader(np.zeros((64, 28, 28), np.uint8), np.zeros(64, np.int64), batch_size=batch, prefetch=0)
+    metrics = {"step_loss": [], "curve": [], "config": {"epochs": 1}}
+    speed = train_epoch(backend, loader, 0, 4, False, metrics)[3]
+    assert len(backend.spans) == 4
+    truth = 3 * batch / sum(backend.spans[1:])  # steps 2-4, the first left out
+    assert speed == pytest.approx(truth, rel=0.1), (speed, truth)
