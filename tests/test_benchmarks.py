@@ -47,7 +47,7 @@ def bench(*argv, out):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,  # five workers and three train scripts; a shared CI machine may be slow
     )
 
 

@@ -12,8 +12,9 @@ it installs nothing: XLA's GPU kernels have none of these slow paths.
 Each workaround names the measurement behind it: `python -m benchmarks.conv` (one layer),
 `python -m benchmarks.throughput --frameworks flax [--no-cpu-workarounds]` (the training step) and
 `python -m benchmarks.cpu_time --flax-variant default NAME=VALUE` (the step's CPU time with one of
-the switches below changed); the figures, and what was tried and not kept, are in
-benchmarks/README.md ("Flax on a CPU"). The module-level switches exist for those measurements.
+the switches below changed); why the rest stays slow is in
+benchmarks/README.md ("Flax on a CPU"), the figures and what was tried and not kept in
+benchmarks/results/notes.md. The module-level switches exist for those measurements.
 """
 
 from __future__ import annotations
