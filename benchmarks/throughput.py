@@ -2,7 +2,7 @@
 the peers a user would pick instead (torchvision's VGG, the Gluon model zoo's VGG) through the
 same loop, against the machine's matrix-multiply rate:
 
-    python -m benchmarks.throughput [--sizes 32 96 224] [--device cpu|gpu] [--precision float32|bfloat16|float16]
+    python -m benchmarks.throughput [--sizes 32 96 224] [--device cpu|gpu] [--precision float32|bfloat16]
                                     [--extra NAME=PYTHON:FRAMEWORK ...]
 
 For each image size and framework, in a process of its own (benchmarks/workers.py):
@@ -11,6 +11,10 @@ For each image size and framework, in a process of its own (benchmarks/workers.p
 for training (the project's train_step: forward, backward, SGD update) and inference (predict).
 examples/s are timed steps x batch / their wall time, after warm-up steps; the first step
 (compilation, graph building, allocation) is reported apart. Training FLOPs are 3 x the forward's.
+After each of the three, its train script (python -m vgg_X.train) runs as many steps of the same
+configuration (a one-batch test set, so its evaluation is short), and the examples/s it reports
+stand beside the benchmark's end-to-end training: where they are more than 20% apart the step the
+benchmark times is not the one a training run takes, and the output and the JSON say so.
 --extra measures a framework once more under another interpreter (another virtual environment,
 hence other library versions), as a row of its own named NAME, e.g. two JAX/Flax releases in one run.
 """
@@ -20,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +34,7 @@ from common import FRAMEWORKS, measure
 from common import PACKAGES as OURS
 from common.arch import flops_per_example, make_spec, parse_arch
 from common.cli import add_cpu_workarounds_arg, main_guard
-from common.data import SAMPLE_DIR, load_fashion_mnist
+from common.data import SAMPLE_DIR, load_fashion_mnist, sample_dataset
 from common.errors import ArchError, RunError, UsageError
 from common.training import write_json
 
@@ -36,6 +42,7 @@ from .workers import PACKAGES
 
 PEERS = ("torchvision", "gluon_zoo")
 ALIASES = {**dict(zip(FRAMEWORKS, OURS)), "zoo": "gluon_zoo"}  # torch -> vgg_torch
+CROSS_CHECK = 0.2  # the train script's examples/s within 20% of the benchmark's end-to-end training
 GOALS = {"vs_fastest": 0.8, "vs_torchvision": 1.0, "end_to_end": 0.95, "matmul_224": 0.5}
 
 
@@ -53,10 +60,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument(
         "--precision",
-        choices=("float32", "bfloat16", "float16"),
+        choices=("float32", "bfloat16"),
         default="float32",
-        help="float32, or mixed precision: torch autocast, MXNet AMP (bfloat16 on CPU, float16 on GPU), "
-        "Flax layers' computation dtype (parameters stay float32)",
+        help="the train scripts' --precision, passed to their own step (bfloat16: mixed precision, the "
+        "parameters float32; docs/training.md)",
     )
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument(
@@ -87,6 +94,12 @@ def parse_args(argv=None):
         type=int,
         default=2,
         help="untimed steps first (default 2); the first is reported, and their overhead",
+    )
+    p.add_argument(
+        "--no-cross-check",
+        dest="cross_check",
+        action="store_false",
+        help="do not run the train scripts beside the benchmark (their examples/s against its own)",
     )
     p.add_argument("--data-dir", metavar="PATH", help="Fashion-MNIST folder (default: as load_fashion_mnist finds it)")
     p.add_argument("--prefetch", type=int, default=2, help="loader batches prepared ahead (default 2, the Loader's)")
@@ -196,6 +209,87 @@ def run_worker(cfg: dict, env: dict, timeout: float, python: str = sys.executabl
     return result
 
 
+# the options under test that the train scripts do not have, by the framework they change: with any
+# of them changed, the benchmark and the train script measure different steps
+TRAIN_SCRIPT_DEFAULTS = {
+    "vgg_torch": {"torch_memory_format": "channels_last"},
+    "vgg_gluon": {"gluon_hybridize": "static"},
+    "vgg_flax": {"flax_donate": False, "flax_place_state": False},
+}
+
+
+def train_data(data, batch_size: int, folder: Path) -> str:
+    """A Fashion-MNIST folder for the train scripts' cross-check: the training files of `data`'s
+    folder (links), and a test set of one batch, so that the script's evaluation takes one step."""
+    from common.make_sample import write_idx_gz
+
+    for f in Path(data.location).iterdir():
+        if f.name.startswith("train-"):
+            (folder / f.name).symlink_to(f.resolve())
+    write_idx_gz(folder / "t10k-images-idx3-ubyte.gz", data.test_images[:batch_size])
+    write_idx_gz(folder / "t10k-labels-idx1-ubyte.gz", data.test_labels[:batch_size])
+    return str(folder)
+
+
+def cross_check(cfg: dict, row: dict, data_dir: str, env: dict, timeout: float, python: str) -> dict:
+    """Run the train script of row's framework with the benchmark's configuration for as many steps
+    as its end-to-end training timed, plus the first (which the script leaves out of its figure, as
+    it carries compilation); return its examples/s beside the benchmark's end-to-end training."""
+    changed = [k for k, v in TRAIN_SCRIPT_DEFAULTS[cfg["framework"]].items() if cfg[k] != v]
+    if changed:
+        return {"status": "skipped", "message": f"options under test the train scripts lack: {', '.join(changed)}"}
+    arch = cfg["arch"] if isinstance(cfg["arch"], str) else repr(tuple(map(tuple, cfg["arch"])))
+    steps = max(3, row["train"]["end_to_end"]["steps"] + 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [
+            "-m",
+            f"{cfg['framework']}.train",
+            f"--arch={arch}",
+            f"--width-ratio={cfg['width_ratio']}",
+            f"--resize={cfg['size']}",
+            f"--batch-size={cfg['batch_size']}",
+            f"--device={cfg['device']}",
+            "--optimizer=sgd",
+            "--lr=0.05",
+            "--momentum=0",
+            f"--precision={cfg['precision']}",
+            "--epochs=1",
+            f"--max-steps={steps}",
+            "--no-progress",
+            *([] if cfg["cpu_workarounds"] else ["--no-cpu-workarounds"]),
+            *(["--compile"] if cfg["torch_compile"] else []),
+        ]
+        load = os.getloadavg()[0]
+        try:
+            proc = subprocess.run(
+                [python, *command, f"--data-dir={data_dir}", f"--out={tmp}/run"],
+                cwd=measure.ROOT,
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+            epoch = json.loads(Path(tmp, "run", "metrics.json").read_text())["epochs"][0]
+        except (subprocess.TimeoutExpired, OSError, ValueError, KeyError, IndexError) as e:
+            tail = getattr(locals().get("proc"), "stderr", "") or str(e)
+            return {"status": "failed", "message": " | ".join(tail.strip().splitlines()[-3:])}
+    bench = row["train"]["end_to_end"]["examples_per_s"]
+    return {
+        "status": "ok",
+        "command": "python " + " ".join(command),
+        "steps": steps,
+        "examples_per_s": epoch["examples_per_sec"],
+        "load_before": load,
+        **verdict(epoch["examples_per_sec"], bench),
+    }
+
+
+def verdict(script: float, bench: float) -> dict:
+    """The train script's examples/s against the benchmark's end-to-end training."""
+    ratio = script / bench
+    return {"benchmark_examples_per_s": bench, "script_vs_benchmark": ratio, "agrees": abs(ratio - 1) <= CROSS_CHECK}
+
+
 def best_of(samples: list[dict]) -> dict:
     """One row from --repeat samples of a (framework, size): each throughput is its best sample's
     (on a shared machine the best is the one least disturbed by other processes), the rest comes
@@ -219,6 +313,12 @@ def best_of(samples: list[dict]) -> dict:
     for ph in ("train", "infer"):
         for m in ("compute", "end_to_end"):
             row[ph][m]["examples_per_s"] = max(s[f"{ph}.{m}"] for s in row["samples"])
+    checks = [r["cross_check"] for r in ok if r.get("cross_check", {}).get("status") == "ok"]
+    if checks:  # the best of each, as the benchmark's figures
+        row["cross_check"] = {
+            **max(checks, key=lambda c: c["examples_per_s"]),
+            **verdict(max(c["examples_per_s"] for c in checks), row["train"]["end_to_end"]["examples_per_s"]),
+        }
     return row
 
 
@@ -287,7 +387,8 @@ def report(result: dict) -> str:
         "\nx best: against the fastest of vgg_torch, vgg_gluon, vgg_flax; e2e/cmp: end to end against compute "
         "only (within each sample, where they alternate; averaged over samples); x mm: achieved GFLOP/s against "
         "the matmul rate; warm-up s: train/infer warm-up time beyond steady state (compilation, graph building, "
-        "allocation); load: 1-minute load average before",
+        "allocation); load: 1-minute load average before; script ex/s: the train script's own figure for the same "
+        "configuration, x e2e: against the benchmark's end-to-end training (APART: more than 20%)",
     ]
     if cfg.get("extra"):  # rows measured under other interpreters: which library versions each row ran
         seen = {r["framework"]: r for r in rows if r["status"] == "ok"}
@@ -297,11 +398,30 @@ def report(result: dict) -> str:
             + (f" ({r['python']})" if "python" in r else "")
             for name, r in seen.items()
         ]
+    result["cross_check"] = cc = cross_checks(rows)
+    if cc["values"]:
+        vals = ", ".join(f"{k} {v:.2f}" for k, v in cc["values"].items())
+        lines.append(
+            "cross-check: the train scripts' own examples/s against the benchmark's end-to-end training: "
+            + ("all within 20%" if cc["agrees"] else f"MORE THAN 20% APART at {', '.join(cc['apart'])}")
+            + f" ({vals})"
+        )
     for name, g in gs.items():
         state = {True: "holds", False: "FAILS", None: "not measured"}[g["holds"]]
         vals = ", ".join(f"{k} {v:.2f}" for k, v in g["values"].items())
         lines.append(f"goal: {name}: {state}" + (f" ({vals})" if vals else ""))
     return "\n".join(lines)
+
+
+def cross_checks(rows: list[dict]) -> dict:
+    """Every row's cross-check ratio (train script / benchmark), and where they are more than 20% apart."""
+    values = {
+        f"{r['framework']}@{r['size']}": r["cross_check"]["script_vs_benchmark"]
+        for r in rows
+        if r.get("cross_check", {}).get("status") == "ok"
+    }
+    apart = [k for k, v in values.items() if abs(v - 1) > CROSS_CHECK]
+    return {"tolerance": CROSS_CHECK, "values": values, "apart": apart, "agrees": not apart if values else None}
 
 
 def table(rows, qs, matmul, cfg) -> str:
@@ -316,7 +436,7 @@ def table(rows, qs, matmul, cfg) -> str:
         lines.append(
             f"{'':12} {'train ex/s':>10} {'x best':>6} {'e2e/cmp':>7} {'GFLOP/s':>7} {'x mm':>5} | "
             f"{'infer ex/s':>10} {'x best':>6} {'e2e/cmp':>7} {'x mm':>5} | "
-            f"{'warm-up s':>11} {'peak RSS MB':>11} {'load':>4}"
+            f"{'warm-up s':>11} {'peak RSS MB':>11} {'load':>4} | {'script ex/s':>11} {'x e2e':>5}"
         )
         for r in (r for r in rows if r["size"] == size):
             if r["status"] != "ok":
@@ -332,7 +452,13 @@ def table(rows, qs, matmul, cfg) -> str:
                 f"{x['infer_end_to_end_vs_compute']:>7.2f} {f(x['infer_vs_matmul'], 5, 2)} | "
                 f"{r['train']['compute']['warmup_overhead_s']:>5.1f}/"
                 f"{r['infer']['compute']['warmup_overhead_s']:<5.1f} "
-                f"{r['peak_rss_mb']:>11,.0f} {r['load_before']:>4.1f}"
+                f"{r['peak_rss_mb']:>11,.0f} {r['load_before']:>4.1f} | "
+                + (
+                    f"{c['examples_per_s']:>11,.0f} {c['script_vs_benchmark']:>5.2f}"
+                    + ("" if c["agrees"] else " APART")
+                    if (c := r.get("cross_check", {})).get("status") == "ok"
+                    else f"{c.get('status', '-'):>11}"
+                )
             )
     return "\n".join(lines)
 
@@ -350,10 +476,8 @@ def _main(argv):
             text = report(result)
         except (OSError, ValueError, KeyError) as e:
             raise RunError(f"--report {args.report}: cannot read a throughput result there ({e})") from None
-        print(
-            f"{result['command']}  ({result['time']}, load average {result['machine']['load_average_start'][0]:.2f} "
-            f"at the start)\n{text}"
-        )
+        machine = measure.describe(result["machine"], result["matmul"])
+        print(f"{result['command']}  ({result['time']})\n{machine}\n{text}")
         return
     load_start = os.getloadavg()
     if args.device == "cpu" and load_start[0] > 0.5:
@@ -366,6 +490,9 @@ def _main(argv):
         load_fashion_mnist(args.data_dir) if not args.data_dir or Path(args.data_dir).resolve() != SAMPLE_DIR else None
     )
     data_dir, source = (data.location, data.source) if data else (str(SAMPLE_DIR), "sample")
+    data = data or sample_dataset()
+    scratch = tempfile.TemporaryDirectory()  # the cross-check's data folder
+    script_data = train_data(data, args.batch_size, Path(scratch.name)) if args.cross_check else None
     base = {
         "arch": args.arch,
         "width_ratio": args.width_ratio,
@@ -399,13 +526,11 @@ def _main(argv):
         m = run_worker({**base, "framework": "matmul"}, args.env_by.get("*", {}), args.timeout)
         if m["status"] != "ok":
             raise RunError(f"matmul measurement {m['status']}: {m['message']}")
-        print(
-            f"float32 {m['float32_gflops']:.0f} GFLOP/s"
-            + (f", {args.precision} {m['precision_gflops']:.0f} GFLOP/s" if args.precision != "float32" else "")
-        )
+        print(f"float32 {m['float32_gflops']:.0f} GFLOP/s, bfloat16 {m['bfloat16_gflops']:.0f} GFLOP/s")
         return m
 
     samples, matmuls = [], []
+    print(measure.describe(measure.machine(load_start)).split("; load")[0], flush=True)
     for rep in range(args.repeat):
         matmuls.append(measure_matmul())  # it varies with the load too: the best sweep's is kept
         for size in args.sizes:
@@ -425,8 +550,23 @@ def _main(argv):
                     f"{r['infer']['compute']['examples_per_s']:,.0f} ex/s"
                     if r["status"] == "ok"
                     else f"{r['status']}: {r['message']}",
+                    end="",
                     flush=True,
                 )
+                if script_data and fw in OURS and r["status"] == "ok":
+                    c = r["cross_check"] = cross_check(
+                        {**base, "framework": fw, "size": size}, r, script_data, env, args.timeout, python
+                    )
+                    print(
+                        f"; its train script {c['examples_per_s']:,.0f} ex/s against end to end "
+                        f"{c['benchmark_examples_per_s']:,.0f} ({c['script_vs_benchmark']:.2f}x"
+                        + ("" if c["agrees"] else ", MORE THAN 20% APART")
+                        + ")"
+                        if c["status"] == "ok"
+                        else f"; its train script: {c['status']} ({c['message']})",
+                        end="",
+                    )
+                print(flush=True)
     rows = [
         best_of([r for r in samples if r["framework"] == fw and r["size"] == size])
         for size in args.sizes
@@ -451,11 +591,15 @@ def _main(argv):
         "matmul": max(matmuls, key=lambda m: m["precision_gflops"]),
         "results": rows,
     }
-    print(report(result))
+    scratch.cleanup()
+    text = report(result)
+    print(f"\n{measure.describe(result['machine'], result['matmul'])}{text}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     print(f"wrote {out}")
+    if any(r.get("cross_check", {}).get("status") == "failed" for r in rows):
+        print("note: some train scripts failed to run (see above)", file=sys.stderr)
     if any(r["status"] == "failed" for r in rows):
         raise RunError("some measurements failed (see above)", code=1)
 

@@ -16,7 +16,6 @@ end that overlap, so the runners call the model as it does instead of calling it
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
@@ -35,11 +34,12 @@ import numpy as np  # noqa: E402
 from common.arch import flops_per_example, make_spec  # noqa: E402
 from common.cli import parse_train_args  # noqa: E402
 from common.data import SAMPLE_DIR, Loader, load_fashion_mnist, sample_dataset  # noqa: E402
+from common.errors import DeviceError  # noqa: E402
 from common.training import TrainConfig, keep_freed_memory  # noqa: E402
 
 
 class Unsupported(Exception):
-    """This framework cannot run the requested configuration here (no GPU, no float16 kernels...)."""
+    """This framework cannot run the requested configuration here (no GPU, no bfloat16 on a GPU in MXNet...)."""
 
 
 def _spec(cfg, size):
@@ -47,7 +47,9 @@ def _spec(cfg, size):
 
 
 def _train_args(cfg, size, compile=False):
-    """The training config of this configuration; the optimiser is the d2l recipe's (plain SGD, lr 0.05)."""
+    """The training config of this configuration; the optimiser is the d2l recipe's (plain SGD, lr 0.05).
+    --precision goes to the train script's Backend, which alone decides what it means: the worker adds
+    no autocast or AMP of its own, so that the benchmark times the step a training run takes."""
     arch = cfg["arch"] if isinstance(cfg["arch"], str) else repr(tuple(map(tuple, cfg["arch"])))
     return TrainConfig.from_args(
         parse_train_args(
@@ -60,6 +62,7 @@ def _train_args(cfg, size, compile=False):
                 "--optimizer=sgd",
                 "--lr=0.05",
                 "--momentum=0",
+                f"--precision={cfg['precision']}",
                 "--no-progress",
             ]
             + (["--compile"] if compile else [])
@@ -103,10 +106,6 @@ class Torch:
                 cfg["torch_memory_format"]
             ]
         )
-        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg["precision"])
-        # autocast around the whole step: the forward runs in low precision, autograd runs each
-        # backward op in its forward op's dtype, the weights and the SGD update stay float32
-        self.autocast = (lambda: torch.autocast(b.dev.type, dtype=dtype)) if dtype else contextlib.nullcontext
         self.parameters = sum(p.numel() for p in b.net.parameters())
         self.versions = {"torch": torch.__version__}
         self.threads = {
@@ -121,13 +120,17 @@ class Torch:
     def mode(self, train):
         self.b.start_epoch(0) if train else self.b.net.eval()
 
-    def train_step(self, x, y):
-        with self.autocast():
-            return self.T.train_step(self.b.model, self.b.optimizer, x, y)
+    def train_step(self, x, y):  # Backend.train_step without the host-to-device copy: its precision too
+        return self.T.train_step(self.b.model, self.b.optimizer, x, y, self.b.dtype)
 
     def train_step_host(self, x, y):
-        with self.autocast():
-            return self.b.train_step(x, y)
+        return self.b.train_step(x, y)
+
+    def autocast(self):
+        """The train script's autocast (vgg_torch.train.train_step's), for running the model outside
+        its step: inference here, one layer at a time in benchmarks.profile_worker."""
+        dtype = self.b.dtype
+        return self.torch.autocast(self.b.dev.type, dtype=dtype, enabled=dtype is not None)
 
     def predict(self, x):  # as vgg_torch.train.predict, left on the device (see the module's docstring)
         with self.torch.inference_mode(), self.autocast():
@@ -183,19 +186,11 @@ class Gluon:
         self.mx, self.G, self.parallel = mx, G, parallel
         if cfg["device"] == "gpu" and mx.context.num_gpus() == 0:
             raise _no_gpu("MXNet")
-        if cfg["precision"] == "float16" and cfg["device"] == "cpu":
-            raise Unsupported(
-                "MXNet has no float16 convolutions on the CPU (oneDNN runs float32 and bfloat16 "
-                "there); use --precision bfloat16 on a CPU, float16 on a GPU"
-            )
-        if cfg["precision"] == "bfloat16" and cfg["device"] == "gpu":
-            raise Unsupported("MXNet 1.9's AMP offers bfloat16 on the CPU only; use --precision float16 on a GPU")
-        if cfg["precision"] != "float32":
-            from mxnet.contrib import amp
-
-            amp.init(target_dtype=cfg["precision"])  # before any network is built: it patches the operators
         args = _train_args(cfg, size)
-        self.b = b = G.Backend(args)
+        try:
+            self.b = b = G.Backend(args)
+        except DeviceError as e:  # bfloat16 on a GPU
+            raise Unsupported(str(e)) from None
         if peer:
             b.net = gluon_zoo_vgg(_spec(cfg, size))
             b.net.initialize(ctx=b.ctx)
@@ -267,7 +262,6 @@ class Flax:
     def __init__(self, cfg, size, peer=False):
         import flax
         import jax
-        import jax.numpy as jnp
         from flax import nnx
 
         import vgg_flax.train as F
@@ -294,13 +288,6 @@ class Flax:
         if cfg["flax_donate"]:  # XLA may then update parameters and optimiser state in place
             F.train_step = nnx.jit(F.train_step.fun, donate_argnums=(0, 1))
         self.b = b = F.Backend(_train_args(cfg, size))
-        if cfg["precision"] != "float32":
-            # Flax's mixed precision is each layer's `dtype` (the computation dtype) beside its
-            # `param_dtype` (float32, kept). The model file takes no dtype argument, so the
-            # benchmark sets the attribute on every Conv and Linear after construction.
-            for _, m in b.model.iter_modules():
-                if isinstance(m, (nnx.Conv, nnx.Linear)):
-                    m.dtype = getattr(jnp, cfg["precision"])
         self.parameters = b.parameters
         self.versions = {"flax": flax.__version__, "jax": jax.__version__}
         self.threads = {"XLA_FLAGS": os.environ.get("XLA_FLAGS")}
@@ -334,29 +321,30 @@ class Flax:
 
 def matmul(cfg: dict) -> dict:
     """The machine's matrix-multiply rate, GFLOP/s: best of `repeats` n x n products, for each n,
-    in NumPy (its OpenBLAS), torch (MKL on a CPU, cuBLAS on a GPU) and, on a CPU, oneDNN (the
-    same product as a 1x1 convolution, which is what the frameworks' CPU convolutions run on);
-    float32, and the run's precision in torch when it is another. oneDNN matters where BLAS
-    lags the CPU: on this project's AMD EPYC (Zen 5, AVX-512) NumPy's OpenBLAS picks its
-    Haswell (AVX2) kernels and torch's matmul reaches 175, oneDNN 330-420 GFLOP/s."""
+    in NumPy (its OpenBLAS; float32), torch (MKL or oneDNN on a CPU, cuBLAS on a GPU) and, on a CPU,
+    oneDNN (the same product as a 1x1 convolution, which is what the frameworks' CPU convolutions
+    run on); in float32 and in bfloat16, whatever the run's precision, so that every report names
+    both rates of its machine. oneDNN matters where BLAS lags the CPU: on this project's AMD EPYC
+    (Zen 5, AVX-512) NumPy's OpenBLAS picks its Haswell (AVX2) kernels and torch's float32 matmul
+    reaches 175, oneDNN 330-420 GFLOP/s."""
     import torch
 
-    out, dtypes = {}, ["float32"] + ([cfg["precision"]] if cfg["precision"] != "float32" else [])
+    out, dtypes = {}, ["float32", "bfloat16"]
     gpu = cfg["device"] == "gpu"
     if gpu and not torch.cuda.is_available():
         raise _no_gpu("torch")
     rng = np.random.default_rng(0)
+    best_of = lambda fn: min(_clock(fn) for _ in range(cfg["matmul_repeats"]))
     for n in cfg["matmul_sizes"]:
         a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
         if not gpu:
-            best = min(_clock(lambda: a @ b) for _ in range(cfg["matmul_repeats"]))
-            out[f"numpy_float32_{n}"] = 2 * n**3 / best / 1e9
-            # (1, n, n, 1) channels-last input, (n, n, 1, 1) kernel: out[o, h] = sum_c w[o, c] x[c, h]
-            x = torch.from_numpy(a).reshape(1, n, n, 1).contiguous(memory_format=torch.channels_last)
-            w = torch.from_numpy(b).reshape(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
-            torch.nn.functional.conv2d(x, w)
-            best = min(_clock(lambda: torch.nn.functional.conv2d(x, w)) for _ in range(cfg["matmul_repeats"]))
-            out[f"onednn_float32_{n}"] = 2 * n**3 / best / 1e9
+            out[f"numpy_float32_{n}"] = 2 * n**3 / best_of(lambda: a @ b) / 1e9
+            for dt in dtypes:
+                # (1, n, n, 1) channels-last input, (n, n, 1, 1) kernel: out[o, h] = sum_c w[o, c] x[c, h]
+                x = torch.from_numpy(a).reshape(1, n, n, 1).to(getattr(torch, dt), memory_format=torch.channels_last)
+                w = torch.from_numpy(b).reshape(n, n, 1, 1).to(getattr(torch, dt), memory_format=torch.channels_last)
+                torch.nn.functional.conv2d(x, w)
+                out[f"onednn_{dt}_{n}"] = 2 * n**3 / best_of(lambda: torch.nn.functional.conv2d(x, w)) / 1e9
         dev = "cuda" if gpu else "cpu"
         sync = torch.cuda.synchronize if gpu else (lambda: None)
         if gpu:
@@ -364,14 +352,14 @@ def matmul(cfg: dict) -> dict:
         for dt in dtypes:
             ta, tb = (torch.from_numpy(m).to(dev, getattr(torch, dt)) for m in (a, b))
             (ta @ tb), sync()
-            best = min(_clock(lambda: (ta @ tb, sync())) for _ in range(cfg["matmul_repeats"]))
-            out[f"torch_{dt}_{n}"] = 2 * n**3 / best / 1e9
+            out[f"torch_{dt}_{n}"] = 2 * n**3 / best_of(lambda: (ta @ tb, sync())) / 1e9
     rate = lambda dt: max(v for k, v in out.items() if f"_{dt}_" in k)
     return {
         "framework": "matmul",
         "status": "ok",
         "gflops": out,
         "float32_gflops": rate("float32"),
+        "bfloat16_gflops": rate("bfloat16"),
         "precision_gflops": rate(cfg["precision"]),
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
         "threads": {"torch.get_num_threads": torch.get_num_threads()},

@@ -625,6 +625,9 @@ def train_epoch(backend: Backend, loader: Loader, epoch: int, steps: int, progre
             if pending:  # read the previous step's numbers only now, so that the device stays busy
                 account(*pending)
             pending = (out, len(y) * loader.shard[1], step)  # fetch sums over every process's part
+            if step == 1:  # wait for the first step alone: the clock starts when it is done, before
+                account(*pending)  # the second starts (a synchronous step, as PyTorch's on a CPU, would
+                pending = None  # otherwise have finished the second too, and examples/s count it untimed)
             if step == steps:
                 break
         if pending:

@@ -36,7 +36,6 @@ TINY = [
     "256",
     "--matmul-repeats",
     "1",
-    "--flax-place-state",
     "--data-dir",
     str(DATA),
 ]
@@ -48,7 +47,7 @@ def bench(*argv, out):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,  # five workers and three train scripts; a shared CI machine may be slow
     )
 
 
@@ -69,7 +68,10 @@ def test_every_framework_and_peer_is_measured(report):
     assert result["benchmark"] == "throughput"
     assert {"cpus", "load_average_start", "load_average_end"} <= set(result["machine"])
     assert result["config"]["sizes"] == [32] and result["config"]["frameworks"] == FRAMEWORKS
-    assert result["matmul"]["float32_gflops"] > 0
+    assert result["matmul"]["float32_gflops"] > 0 and result["matmul"]["bfloat16_gflops"] > 0
+    isa = result["machine"]["isa"]  # None where /proc/cpuinfo has no flags (not Linux)
+    assert isa is None or set(isa) == {"AVX-512", "AVX512-BF16", "AMX"}
+    assert result["machine"]["cpu"] in stdout and "AVX512-BF16" in stdout and "bfloat16" in stdout
     rows = {r["framework"]: r for r in result["results"]}
     assert sorted(rows) == sorted(FRAMEWORKS + ["flax_other"])
     for fw, r in rows.items():
@@ -90,8 +92,10 @@ def test_extra_runs_a_framework_under_another_interpreter(report):
     row = next(r for r in result["results"] if r["framework"] == "flax_other")
     assert row["measures"] == "vgg_flax" and row["python"] == wrapper
     assert row["versions"] == next(r for r in result["results"] if r["framework"] == "vgg_flax")["versions"]
-    (call,) = calls.splitlines()  # the one size, once; the matmul and the other rows ran elsewhere
+    # the one size, once, and its train script's cross-check; the matmul and the other rows ran elsewhere
+    call, script = calls.splitlines()
     assert "benchmarks.workers" in call and call.endswith(" vgg_flax")
+    assert script.startswith("-m vgg_flax.train ") and row["cross_check"]["status"] == "ok"
     assert result["config"]["extra"] == {"flax_other": {"framework": "vgg_flax", "python": wrapper}}
     assert "flax_other: flax " in stdout
 
@@ -109,6 +113,28 @@ def test_extra_mistakes_fail_with_a_message(tmp_path, extra, message):
     proc = bench(*TINY, "--extra", extra, out=tmp_path / "x.json")
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_the_train_scripts_are_run_beside_the_benchmark(report):
+    """The cross-check: each of the three train scripts ran the same configuration for as many
+    steps as the benchmark's end-to-end training timed (plus the first, which it leaves out), and
+    its own examples/s stand beside the benchmark's, their ratio in the JSON and the output."""
+    result, stdout = report[:2]
+    rows = {r["framework"]: r for r in result["results"]}
+    for fw in ("vgg_torch", "vgg_gluon", "vgg_flax"):
+        c, e2e = rows[fw]["cross_check"], rows[fw]["train"]["end_to_end"]
+        assert c["status"] == "ok" and c["steps"] == e2e["steps"] + 1, (fw, c)
+        assert (
+            f"-m {fw}.train " in c["command"]
+            and "--precision=float32" in c["command"]
+            and "--resize=32" in c["command"]
+        )
+        assert c["script_vs_benchmark"] == pytest.approx(c["examples_per_s"] / e2e["examples_per_s"])
+        assert c["agrees"] == (abs(c["script_vs_benchmark"] - 1) <= 0.2)
+        assert result["cross_check"]["values"][f"{fw}@32"] == pytest.approx(c["script_vs_benchmark"])
+    assert "cross_check" not in rows["torchvision"] and "cross_check" not in rows["gluon_zoo"]  # no train script
+    assert "its train script" in stdout and "cross-check:" in stdout
+    assert result["cross_check"]["agrees"] == (not result["cross_check"]["apart"])
 
 
 def test_peers_compute_the_same_network(report):
@@ -139,15 +165,6 @@ def test_ratios_and_goals_follow_from_the_measurements(report):
         assert g["holds"] in (True, False, None) and isinstance(g["values"], dict)
 
 
-def test_unsupported_precision_is_reported_not_crashed(tmp_path):
-    """MXNet has no float16 convolutions on a CPU: the row says so, the run still writes its JSON."""
-    out = tmp_path / "fp16.json"
-    proc = bench(*TINY, "--frameworks", "vgg_gluon", "--precision", "float16", "--device", "cpu", out=out)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (row,) = json.loads(out.read_text())["results"]
-    assert row["status"] == "unsupported" and "float16" in row["message"]
-
-
 def test_gpu_without_a_gpu_fails_with_a_message(tmp_path):
     import torch
 
@@ -157,3 +174,94 @@ def test_gpu_without_a_gpu_fails_with_a_message(tmp_path):
     assert proc.returncode == 2
     assert "error: " in proc.stderr and "no GPU" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "gpu.json").exists()
+
+
+# One benchmark worker per precision, in a process of its own (MXNet's AMP patches its operators for
+# good); a forward hook on the model records the dtype of the logits that reach the loss, inside the
+# benchmark's own train step (compute only, then end to end).
+PRECISION_PROBE = """
+import json, sys
+import numpy as np
+from benchmarks import workers
+framework, out = sys.argv[1], {}
+for precision, workarounds in (("float32", True), ("bfloat16", True), ("bfloat16", False)):
+    cfg = dict(arch="vgg11", width_ratio=16, batch_size=8, device="cpu", precision=precision,
+               torch_compile=False, torch_memory_format="channels_last", gluon_hybridize="static",
+               flax_donate=False, flax_place_state=False, cpu_workarounds=workarounds)
+    seen = out[precision + ("" if workarounds else " --no-cpu-workarounds")] = []
+    r = workers.RUNNERS[framework][0](cfg, 32)
+    if framework == "vgg_torch":
+        r.b.net.register_forward_hook(lambda m, i, o: seen.append(str(o.dtype)))
+    elif framework == "vgg_gluon":
+        r.b.net.register_forward_hook(lambda b, i, o: seen.append(str(o.dtype)))
+    else:
+        cls = type(r.b.model)
+        call = cls.__call__
+        def traced(self, x, call=call):
+            y = call(self, x)
+            seen.append(str(y.dtype))
+            return y
+        cls.__call__ = traced
+    x = np.random.default_rng(0).random((8, 1, 32, 32), dtype=np.float32)
+    y = np.arange(8) % 10
+    r.mode(True)
+    r.wait(r.train_step(*r.to_device(x, y)))
+    r.wait(r.train_step_host(x, y))
+    if framework == "vgg_flax":
+        cls.__call__ = call
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("framework", ["vgg_torch", "vgg_gluon", "vgg_flax"])
+def test_the_benchmarked_step_runs_in_the_requested_precision(framework):
+    """--precision bfloat16 must reach the step the benchmark times: the logits before the loss are
+    bfloat16 there (float32 in a float32 run), as in the train script. A worker that wraps the step
+    in a precision context of its own that the step then switches off would measure float32.
+    Flax on a CPU computes its bfloat16 layers in float32 (vgg_flax.xla_cpu: XLA:CPU has nothing
+    faster in bfloat16) unless --no-cpu-workarounds."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PRECISION_PROBE, framework], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    low = "float32" if framework == "vgg_flax" else "bfloat16"
+    for run, dtype in (("float32", "float32"), ("bfloat16", low), ("bfloat16 --no-cpu-workarounds", "bfloat16")):
+        assert len(seen[run]) >= 1 and all(dtype in d for d in seen[run]), (run, seen)
+
+
+def test_train_scripts_clock_starts_when_the_first_step_is_done():
+    """The train scripts' examples/s (what the cross-check reads) leave the first step out: the
+    clock starts when it is done. A synchronous step (PyTorch on a CPU returns when the step is
+    over) must not have finished the second step too by then, or examples/s would count a step it
+    did not time: 1.5x too high over four steps. The truth is the steps' own durations."""
+    import time
+
+    import numpy as np
+
+    from common.data import Loader
+    from common.training import train_epoch
+
+    class Synchronous:  # a Backend whose step is over when train_step returns
+        def __init__(self):
+            self.spans = []
+
+        def start_epoch(self, epoch):
+            pass
+
+        def train_step(self, x, y):
+            t = time.perf_counter()
+            time.sleep(0.05)
+            self.spans.append(time.perf_counter() - t)
+            return 0.5, 1
+
+        def fetch(self, out):
+            return out
+
+    backend, batch = Synchronous(), 8
+    loader = Loader(np.zeros((64, 28, 28), np.uint8), np.zeros(64, np.int64), batch_size=batch, prefetch=0)
+    metrics = {"step_loss": [], "curve": [], "config": {"epochs": 1}}
+    speed = train_epoch(backend, loader, 0, 4, False, metrics)[3]
+    assert len(backend.spans) == 4
+    truth = 3 * batch / sum(backend.spans[1:])  # steps 2-4, the first left out
+    assert speed == pytest.approx(truth, rel=0.1), (speed, truth)

@@ -12,8 +12,9 @@ it installs nothing: XLA's GPU kernels have none of these slow paths.
 Each workaround names the measurement behind it: `python -m benchmarks.conv` (one layer),
 `python -m benchmarks.throughput --frameworks flax [--no-cpu-workarounds]` (the training step) and
 `python -m benchmarks.cpu_time --flax-variant default NAME=VALUE` (the step's CPU time with one of
-the switches below changed); the figures, and what was tried and not kept, are in
-benchmarks/README.md ("Flax on a CPU"). The module-level switches exist for those measurements.
+the switches below changed); why the rest stays slow is in
+benchmarks/README.md ("Flax on a CPU"), the figures and what was tried and not kept in
+benchmarks/results/notes.md. The module-level switches exist for those measurements.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 ONE_CHANNEL = True  # block 1's one-channel convolution as nine scaled copies
-IN_FLOAT32 = True  # bfloat16 matmuls and convolutions computed in float32
+IN_FLOAT32 = True  # bfloat16 layers (--precision bfloat16) computed in float32: it costs nothing
 KERNEL_GRAD_SLICE = 32  # kernel gradients summed over slices of this many images (0: the whole batch)
 
 
@@ -202,27 +203,23 @@ def _conv(lhs, rhs, window_strides, padding, **kwargs):
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
 
 
-# ---------------------------------------------------------------- bfloat16 products in float32
-# Why: XLA:CPU has no bfloat16 matrix-multiply or convolution kernel of its own speed: it widens to
-# float32 inside, slower than float32 itself (one thread, fc2's 128 x 4096 x 4096 product: 53 against
-# 87 GFLOP/s). Widening the operands first (exact) and rounding the result to bfloat16 gives the
-# float32 kernels; the products and sums are float32 either way.
-
-
-def _in_float32(op, lhs, rhs, *args, **kwargs):
-    if IN_FLOAT32 and lhs.dtype == rhs.dtype == jnp.bfloat16 and "preferred_element_type" not in kwargs:
-        return op(lhs.astype(jnp.float32), rhs.astype(jnp.float32), *args, **kwargs).astype(jnp.bfloat16)
-    return op(lhs, rhs, *args, **kwargs)
+# ---------------------------------------------------------------- bfloat16 layers in float32
+# Why: XLA:CPU has no bfloat16 matrix-multiply or convolution kernel faster than its float32 ones: it
+# widens to float32 inside (one thread, fc2's 128 x 4096 x 4096 product: 53 against 87 GFLOP/s; with
+# --xla_cpu_use_onednn or --xla_cpu_use_xnnpack no faster either), and its bfloat16 elementwise work
+# made the step slower still (0.64-0.94x float32 with the products widened to float32). So on a CPU
+# the layers of a bfloat16 model compute in float32: --precision bfloat16 costs nothing there, and
+# gains nothing; the parameters are float32 either way.
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs):
-    """nnx.Conv's hook: _conv, with bfloat16 operands computed in float32."""
-    return _in_float32(_conv, lhs, rhs, window_strides, padding, **kwargs)
+    """nnx.Conv's hook: _conv."""
+    return _conv(lhs, rhs, window_strides, padding, **kwargs)
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
-    """nnx.Linear's hook: _dot, with bfloat16 operands computed in float32."""
-    return _in_float32(_dot, lhs, rhs, dimension_numbers, precision, **kwargs)
+    """nnx.Linear's hook: _dot."""
+    return _dot(lhs, rhs, dimension_numbers, precision, **kwargs)
 
 
 # ---------------------------------------------------------------- the switch
@@ -231,7 +228,7 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
 def apply(model: nnx.Module, *, platform: str) -> bool:
     """Install the workarounds on every nnx.Conv, nnx.Linear and 2x2 max-pool of `model` when
     `platform` (a jax.Device's) is 'cpu'; elsewhere leave the model as it is. Returns whether it
-    installed them. Only the layers' functions change, not their parameters."""
+    installed them. Only the layers' functions and computation dtype change, not their parameters."""
     if platform != "cpu":
         return False
     for _, m in model.iter_modules():
@@ -239,6 +236,8 @@ def apply(model: nnx.Module, *, platform: str) -> bool:
             m.conv_general_dilated = conv_general_dilated
         elif isinstance(m, nnx.Linear):
             m.dot_general = dot_general
+        if isinstance(m, (nnx.Conv, nnx.Linear)) and IN_FLOAT32 and m.dtype == jnp.bfloat16:
+            m.dtype = jnp.float32
         if _is_max_pool_2x2(getattr(m, "pool", None)):
             m.pool = max_pool_2x2
     return True
