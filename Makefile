@@ -23,8 +23,10 @@ $(VENV)/.installed: pyproject.toml
 # reads $$FASHION_MNIST_DIR, else its cache, downloading the files there on first use (offline:
 # the bundled sample, and the report says so).
 DATA ?= $(wildcard $(CURDIR)/../shared/fashion-mnist)
+# make run again redoes the comparison in runs/compare (--overwrite: each earlier run stays until the
+# new one's first checkpoint); with ARGS=--resume it continues an interrupted one instead.
 run: $(VENV)/.installed
-	$(PY) -m common.compare --preset cpu $(if $(DATA),--data-dir $(DATA)) $(ARGS)
+	$(PY) -m common.compare --preset cpu $(if $(DATA),--data-dir $(DATA)) $(if $(findstring --resume,$(ARGS)),,--overwrite) $(ARGS)
 
 summary: $(VENV)/.installed
 	$(PY) -m common.summary $(ARGS)

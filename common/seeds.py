@@ -72,7 +72,9 @@ def single_argv(args, flags: list[str], seed: int, folder: Path, frameworks: lis
     if args.progress is not None:
         argv.append("--progress" if args.progress else "--no-progress")
     if args.resume and all(any((folder / f).glob("checkpoint-epoch*")) for f in frameworks):
-        argv.append("--resume")  # each framework continues from its last epoch; else the seed starts afresh
+        argv.append("--resume")  # each framework continues from its last epoch
+    else:  # the seed starts afresh: an unfinished seed's runs are this command's own, redone
+        argv.append("--overwrite")
     return argv
 
 
