@@ -9,6 +9,9 @@ shapes in NCHW so that they compare with `common.arch` directly. Logits come fro
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +270,29 @@ class Flax:
 
 
 ADAPTERS = {"torch": Torch, "gluon": Gluon, "flax": Flax}
+
+
+@contextlib.contextmanager
+def lock_held(path: Path):
+    """Another process holding the flock on `path` (a run folder's .lock), as a running run or
+    comparison does, with its process id written there; yields that process, killed at the end."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+            "print('locked', flush=True)\ntime.sleep(600)\n",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from frameworks import random_canonical
+from frameworks import lock_held, random_canonical
 from safetensors.numpy import save_file
 
 from common.arch import make_spec
@@ -460,27 +460,9 @@ def test_compare_refuses_a_busy_folder_at_once(tmp_path):
     ran, and replaced the first one's init.safetensors)."""
     out = tmp_path / "cmp"
     out.mkdir()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys, time\n"
-            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
-            "print('locked', flush=True)\ntime.sleep(600)\n",
-            str(out / ".lock"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held(out / ".lock") as holder:
         refused(cli("common.compare", *TRAIN, "--out", out), f"in use by another comparison (process {holder.pid})")
         assert sorted(p.name for p in out.iterdir()) == [".lock"]
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_resume_refuses_integer_weights_in_a_checkpoint(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from frameworks import SMALL_RUN
+from frameworks import SMALL_RUN, lock_held
 from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,29 +130,11 @@ def test_second_run_refused_while_the_folder_is_locked(done, tmp_path):
     and leaves everything as it was; once that process is killed, the lock is gone with it."""
     fw, _ = done
     out = copy(done, tmp_path)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys, time\n"
-            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
-            "print('locked', flush=True)\ntime.sleep(600)\n",
-            str(out / ".lock"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held(out / ".lock") as holder:
         before = snapshot(out)
         line = refused(train(fw, out, "--epochs", "2", "--max-steps", "2", "--resume"))
         assert f"in use by another run (process {holder.pid})" in line and "another --out" in line
         assert snapshot(out) == before
-    finally:
-        holder.kill()
-        holder.wait()
     # the holder was killed: its lock went with it, though its lock file is still there
     fd = os.open(out / ".lock", os.O_RDWR)
     try:
@@ -432,27 +414,9 @@ def test_a_busy_folder_is_refused_before_the_data_is_read(tmp_path):
     data error, after the data was looked for; with good data, 7 s later, after the model was built)."""
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys, time\n"
-            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
-            "print('locked', flush=True)\ntime.sleep(600)\n",
-            str(out / ".lock"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held(out / ".lock") as holder:
         line = refused(train("torch", out, "--epochs", "1", "--data-dir", str(tmp_path / "no-data")))
         assert f"in use by another run (process {holder.pid})" in line
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_resume_refuses_non_finite_weights_by_name_and_falls_back(done, tmp_path):
