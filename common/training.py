@@ -183,22 +183,49 @@ class _Started:
 
 
 def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Started:
-    """Everything before the first step: --out, the checks of --resume or of a fresh run, the data,
-    the backend, the lock, the checkpoint, the header lines and the loaders."""
+    """Everything before the first step, in this order: --out and the checks of --resume or of a
+    fresh run (before the slow part), the data, the backend, the lock and the checks again under
+    it, metrics.json's start and the header lines, the weights to start from, the loaders."""
     framework = make_backend.framework
+    _check_early(config, framework, files)
+    data = _read_data(config, files)
+    backend, say = _build_backend(config, make_backend, files)
+    old, candidates, held = _check_under_lock(config, framework, files, say)
+    metrics = _start_metrics(config, framework, backend, data, files, old)
+    _say_header(config, framework, backend, data, files, held, say)
+    first = _first_epoch(config, backend, files, metrics, candidates, say)
+    train, test = _loaders(config, data, backend.shard)
+    steps = min(len(train), config.max_steps or len(train))
+    metrics["steps_per_epoch"] = steps
+    progress = (sys.stderr.isatty() if config.progress is None else config.progress) and files.writes
+    return _Started(backend, files, metrics, say, train, test, first, steps, progress)
+
+
+def _check_early(config: TrainConfig, framework: str, files: Run) -> None:
+    """--out, and the read-only checks of --resume or of a fresh run: fail before the slow part
+    (they are repeated under the lock, _check_under_lock)."""
     check_out(files.out, "train")
     if not launched():  # one process: the lock first, before the slow part (several: the primary, below)
         files.claim()
-    if config.resume:  # read-only checks first, to fail before the slow part; repeated under the lock below
+    if config.resume:
         check_resume(files, config, framework)
     else:
         files.check_fresh(config.overwrite)
+
+
+def _read_data(config: TrainConfig, files: Run):
     files.where = "start-up (reading the data)"
     data = load_fashion_mnist(config.data_dir, progress=config.progress is not False)
     if len(data.train_images) < config.batch_size:
         raise RunError(
             f"--batch-size {config.batch_size} is larger than the training set ({len(data.train_images):,} images)"
         )
+    return data
+
+
+def _build_backend(config: TrainConfig, make_backend: type[Backend], files: Run):
+    """(the backend, the print of the process that writes): the backend built and checked
+    against the contract, then the lock on --out, which is the project's from now on."""
     files.where = "start-up (building the model)"
     backend = make_backend(config)
     check_backend(backend)
@@ -207,20 +234,30 @@ def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Sta
     files.claim()
     if files.writes:
         files.lock.mark()  # the folder is this project's from now on
-    old, held = None, None
+    return backend, say
+
+
+def _check_under_lock(config: TrainConfig, framework: str, files: Run, say):
+    """(earlier metrics, checkpoints to try, what --overwrite replaces): --resume's or a fresh
+    run's checks again, now that this run holds the lock."""
     if config.resume:
         old, candidates, problem = check_resume(files, config, framework)
         files.saved, files.id = candidates[0], old.get("run") or files.id
         if problem:
             say(f"warning: {problem}; looking for the newest checkpoint folder that loads", file=sys.stderr)
-    else:
-        held = files.replaces = files.check_fresh(config.overwrite)
-    spec = config.spec
+        return old, candidates, None
+    held = files.replaces = files.check_fresh(config.overwrite)
+    return None, None, held
+
+
+def _start_metrics(config: TrainConfig, framework: str, backend: Backend, data, files: Run, old: dict | None) -> dict:
+    """metrics.json as the run starts (an earlier run's, continued by --resume); from here on an
+    interrupt is recorded in it."""
     metrics = old or {}
     metrics.update(
         framework=framework,
         versions={**backend.versions, "python": platform.python_version(), "numpy": np.__version__},
-        model=spec.name,
+        model=config.spec.name,
         parameters=backend.parameters,
         device=backend.device,
         threads=backend.threads,
@@ -233,9 +270,13 @@ def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Sta
     metrics.setdefault("epochs", [])
     metrics.setdefault("curve", [])
     metrics.setdefault("step_loss", [])
-    files.metrics = metrics  # the run has started: an interrupt from here on is recorded in metrics.json
+    files.metrics = metrics
+    return metrics
+
+
+def _say_header(config: TrainConfig, framework: str, backend: Backend, data, files: Run, held, say) -> None:
     say(
-        f"{framework} ({', '.join(f'{k} {v}' for k, v in backend.versions.items())}): {spec.name} at "
+        f"{framework} ({', '.join(f'{k} {v}' for k, v in backend.versions.items())}): {config.spec.name} at "
         f"{config.resize} px, {backend.parameters:,} parameters, on {backend.device}"
         f"{' (--device auto)' if config.device == 'auto' else ''} ({backend.threads})"
     )
@@ -245,6 +286,11 @@ def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Sta
             f"note: --overwrite: {files.out} holds an earlier run ({held}); it is kept as it was until this "
             "run's first checkpoint replaces it"
         )
+
+
+def _first_epoch(config: TrainConfig, backend: Backend, files: Run, metrics: dict, candidates, say) -> int:
+    """The weights to start from (--init-from, or --resume's checkpoint, whose epoch this returns;
+    metrics.json then drops what came after it), else the backend's own draw: 0."""
     first = 0
     if config.init_from and not config.resume:
         files.where = "start-up (loading --init-from)"
@@ -258,8 +304,11 @@ def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Sta
         say(f"resumed from {files.saved[1]} after epoch {first}")
     if first >= config.epochs:
         say(f"nothing to do: {files.out} already holds {first} epochs (ask for more with --epochs)")
+    return first
 
-    shard = backend.shard  # data parallel: this process's part of each global batch
+
+def _loaders(config: TrainConfig, data, shard: tuple[int, int]) -> tuple[Loader, Loader]:
+    """(train, test) loaders; shard: in data parallelism, this process's part of each global batch."""
     train = Loader(
         data.train_images,
         data.train_labels,
@@ -283,10 +332,7 @@ def _start(config: TrainConfig, make_backend: type[Backend], files: Run) -> _Sta
         shuffle=False,
         shard=shard,
     )
-    steps = min(len(train), config.max_steps or len(train))
-    metrics["steps_per_epoch"] = steps
-    progress = (sys.stderr.isatty() if config.progress is None else config.progress) and files.writes
-    return _Started(backend, files, metrics, say, train, test, first, steps, progress)
+    return train, test
 
 
 def _epochs(config: TrainConfig, s: _Started) -> dict:
