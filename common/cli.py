@@ -521,7 +521,7 @@ def draw_main(prog, argv, *, draw) -> None:
     def extra(p):
         p.add_argument("--draw", metavar="FILE", required=True, help="write the drawn weights here")
 
-    from .training import TrainConfig  # imported here: training reads the flags' defaults from this module
+    from .contract import TrainConfig  # imported here: contract reads the flags' defaults from this module
 
     with main_guard():
         args = parse_train_args(

@@ -38,9 +38,9 @@ from pathlib import Path
 from . import PACKAGES, signals
 from .cli import main_guard, parse_train_args
 from .errors import Interrupted, RunError, UsageError
-from .files import write_atomic
+from .files import write_atomic, write_json
+from .runfiles import Run
 from .runfolder import FolderLock, check_out
-from .training import Run, write_json
 
 FRAMEWORKS = {package.removeprefix("vgg_"): f"{package}.train" for package in PACKAGES}  # name -> train command
 # handled here, or already resolved

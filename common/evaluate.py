@@ -14,9 +14,10 @@ import argparse
 import dataclasses
 
 from .cli import add_cpu_workarounds_arg, check_fits, parse_train_args
+from .contract import TrainConfig
 from .data import Loader, load_fashion_mnist
 from .errors import UsageError, WeightsError
-from .training import TrainConfig, accuracy
+from .training import accuracy
 from .weights import read_spec
 
 

@@ -16,6 +16,7 @@ from the other users of a shared run folder while its reports stayed readable.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -66,3 +67,7 @@ def write_atomic(path, data: bytes | str) -> None:
                 f.write(data.encode() if isinstance(data, str) else data)
         except OSError as e:  # a full disk, a file-size limit: named by the file meant, not the temp file
             raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def write_json(path, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=1) + "\n")

@@ -30,8 +30,7 @@ from common import PACKAGES, measure
 from common.arch import VGGSpec, make_spec, parse_arch
 from common.cli import main_guard
 from common.errors import ArchError, RunError, UsageError
-from common.files import TMP, write_atomic
-from common.training import write_json
+from common.files import TMP, write_atomic, write_json
 
 FRAMEWORKS = PACKAGES
 ALIASES = dict(zip(NAMES, PACKAGES))  # torch -> vgg_torch

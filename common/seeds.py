@@ -26,9 +26,8 @@ import numpy as np
 
 from . import stats
 from .errors import RunError, UsageError
-from .files import write_atomic
+from .files import write_atomic, write_json
 from .runfolder import FolderLock, check_out
-from .training import write_json
 
 
 def seed_dir(out: Path, seed: int) -> Path:

@@ -1,4 +1,4 @@
-"""The Backend contract (common.training.Backend): the three frameworks' Backends implement every
+"""The Backend contract (common.contract.Backend): the three frameworks' Backends implement every
 member it declares, with its arguments; one that lacks a member is refused before a run starts;
 `predict` gives the same logits in the three; the evaluate commands pick devices by the train
 command's rule."""
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from frameworks import SAMPLE, SMALL, random_canonical
 
-from common import FRAMEWORKS, training
+from common import FRAMEWORKS, contract, training
 from common.cli import parse_train_args
 from common.data import Loader, load_fashion_mnist
 from common.errors import DeviceError
@@ -30,7 +30,7 @@ METHODS = CONTRACT[7:]
 
 
 def config(*flags):
-    return training.TrainConfig.from_args(parse_train_args([*FLAGS, *flags]))
+    return contract.TrainConfig.from_args(parse_train_args([*FLAGS, *flags]))
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +39,20 @@ def backends():
 
 
 def test_the_protocol_declares_the_contract():
-    assert sorted(training.backend_members()) == sorted(CONTRACT)
+    assert sorted(contract.backend_members()) == sorted(CONTRACT)
     for name in METHODS:
-        assert getattr(training.Backend, name).__doc__, f"Backend.{name} has no docstring"
+        assert getattr(contract.Backend, name).__doc__, f"Backend.{name} has no docstring"
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)
 def test_each_backend_implements_every_member(fw, backends):
     b = backends[fw]
     assert [m for m in CONTRACT if not hasattr(b, m)] == []
-    assert isinstance(b, training.Backend)
-    training.check_backend(b)
+    assert isinstance(b, contract.Backend)
+    contract.check_backend(b)
     assert type(b).framework == fw and isinstance(b.primary, bool) and b.shard == (0, 1)
     for name in METHODS:  # the Protocol's arguments, by name
-        want = list(inspect.signature(getattr(training.Backend, name)).parameters)
+        want = list(inspect.signature(getattr(contract.Backend, name)).parameters)
         assert list(inspect.signature(getattr(type(b), name)).parameters) == want, f"{fw} Backend.{name}"
 
 
@@ -65,16 +65,16 @@ def _stub(missing=None):
 
 
 def test_a_backend_with_every_member_is_accepted():
-    assert isinstance(_stub()(None), training.Backend)
-    training.check_backend(_stub()(None))
+    assert isinstance(_stub()(None), contract.Backend)
+    contract.check_backend(_stub()(None))
 
 
 @pytest.mark.parametrize("missing", CONTRACT[1:])  # without framework, run cannot even name its --out
 def test_a_backend_lacking_a_member_is_refused(missing):
     stub = _stub(missing)(None)
-    assert not isinstance(stub, training.Backend)
+    assert not isinstance(stub, contract.Backend)
     with pytest.raises(TypeError, match=rf"lacks {missing}$"):
-        training.check_backend(stub)
+        contract.check_backend(stub)
 
 
 def test_run_refuses_a_backend_without_primary_before_writing(tmp_path):

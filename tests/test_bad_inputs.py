@@ -469,7 +469,7 @@ def test_resume_refuses_integer_weights_in_a_checkpoint(tmp_path):
     """A checkpoint's safetensors file with an integer weight tensor (a framework would convert it on
     loading without a word) is refused by name, so --resume tries the checkpoint before."""
     from common.errors import CheckpointError
-    from common.training import check_stored_floats
+    from common.runfiles import check_stored_floats
 
     folder = tmp_path / "checkpoint-epoch2"
     folder.mkdir()

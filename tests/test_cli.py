@@ -105,7 +105,8 @@ def test_train_script_rejects_bad_flag_and_missing_gpu(fw, tmp_path):
 def test_resume_refuses_missing_or_different_runs(tmp_path):
     """The library raises (typed, with the message); the command line turns it into exit code 2."""
     from common import training
-    from common.errors import DataError
+    from common.contract import TrainConfig
+    from common.errors import CheckpointError, DataError
 
     class Never:  # the checks come before any framework work
         framework = "torch"
@@ -113,17 +114,17 @@ def test_resume_refuses_missing_or_different_runs(tmp_path):
         def __init__(self, args):
             raise AssertionError("built a backend")
 
-    config = lambda *a: training.TrainConfig.from_args(
+    config = lambda *a: TrainConfig.from_args(
         parse_train_args(["--data-dir", str(ROOT / "common" / "data"), "--out", str(tmp_path), *a])
     )
-    with pytest.raises(training.CheckpointError, match="--resume: no checkpoint in") as e:
+    with pytest.raises(CheckpointError, match="--resume: no checkpoint in") as e:
         training.run(config("--resume"), Never)
     assert e.value.code == 2
     (tmp_path / "checkpoint.json").write_text(json.dumps({"epoch": 1, "folder": "checkpoint-epoch1"}))
     (tmp_path / "metrics.json").write_text(
         json.dumps({"framework": "torch", "config": config().as_dict(), "epochs": [], "curve": []})
     )
-    with pytest.raises(training.CheckpointError, match="--lr 0.05 -> 0.1"):
+    with pytest.raises(CheckpointError, match="--lr 0.05 -> 0.1"):
         training.run(config("--resume", "--lr", "0.1"), Never)
     with pytest.raises(DataError, match="missing"):
         training.run(config("--resume", "--data-dir", str(tmp_path / "nowhere")), Never)
@@ -132,7 +133,7 @@ def test_resume_refuses_missing_or_different_runs(tmp_path):
 def test_train_config_is_every_training_flag():
     """TrainConfig (what training.run takes) has a field for each flag, and metrics.json's "config"
     is the parsed flags as they were always written (vars of the argparse Namespace)."""
-    from common.training import TrainConfig
+    from common.contract import TrainConfig
 
     args = parse_train_args(["--arch", "((1,8),(1,16),(1,16),(1,16),(1,16))", "--resize", "32"])
     config = TrainConfig.from_args(args)

@@ -24,7 +24,7 @@ out = Path(sys.argv[1])
 import numpy as np
 from common.arch import make_spec
 from common.data import download
-from common.training import write_json
+from common.files import write_json
 from common.weights import expected_canonical, save_weights, spec_metadata
 spec = make_spec("vgg11", width_ratio=8, scale_classifier=True, image_size=32)
 save_weights(out / "model.safetensors", {k: np.zeros(s, np.float32) for k, s in expected_canonical(spec).items()},

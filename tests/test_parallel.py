@@ -168,6 +168,7 @@ def test_only_the_primary_process_prints_and_writes(tmp_path, capsys):
     """A process that is not rank 0 trains and evaluates, but leaves no file and prints nothing."""
     from common import training
     from common.cli import parse_train_args
+    from common.contract import TrainConfig
     from vgg_torch.train import Backend
 
     class Secondary(Backend):
@@ -175,9 +176,7 @@ def test_only_the_primary_process_prints_and_writes(tmp_path, capsys):
             super().__init__(args)
             self.primary = False
 
-    training.run(
-        training.TrainConfig.from_args(parse_train_args([*FLAGS, "--epochs", "1", "--out", str(tmp_path)])), Secondary
-    )
+    training.run(TrainConfig.from_args(parse_train_args([*FLAGS, "--epochs", "1", "--out", str(tmp_path)])), Secondary)
     assert list(tmp_path.iterdir()) == [] and capsys.readouterr().out == ""
 
 

@@ -17,6 +17,7 @@ from safetensors.numpy import save_file
 
 from common import FRAMEWORKS, compare, recipe, training
 from common.cli import PRESETS, parse_train_args
+from common.contract import TrainConfig
 from common.data import Loader, augment_batch, augment_draws, augment_pad
 from common.errors import WeightsError
 from common.weights import expected_canonical, load_weights
@@ -335,7 +336,7 @@ def test_loader_augments_the_same_pixels_for_every_framework_and_sharding():
 
 
 def backend(fw, *flags):
-    args = training.TrainConfig.from_args(parse_train_args([*PARITY, "--max-steps", "1", *flags]))
+    args = TrainConfig.from_args(parse_train_args([*PARITY, "--max-steps", "1", *flags]))
     return args, importlib.import_module(f"vgg_{fw}.train").Backend(args)
 
 

@@ -228,12 +228,13 @@ def test_unusable_out_is_refused_before_any_work(fw, where, says, tmp_path):
 def test_read_only_out_is_refused(tmp_path, monkeypatch):
     """A read-only file system (statvfs's ST_RDONLY; as root, /proc and /sys are the read-only
     places a test can reach, and they refuse at mkdir): the check's own branch."""
-    from common import training
+    from common.errors import RunError
+    from common.runfolder import check_out
 
     real = os.statvfs
     monkeypatch.setattr(os, "statvfs", lambda p: type("V", (), {"f_flag": real(p).f_flag | os.ST_RDONLY})())
-    with pytest.raises(training.RunError, match="is on a read-only file system"):
-        training.check_out(tmp_path)
+    with pytest.raises(RunError, match="is on a read-only file system"):
+        check_out(tmp_path)
 
 
 # ---------------------------------------------------------------------------- SIGKILL, then --resume
@@ -304,7 +305,7 @@ def test_overwrite_keeps_the_earlier_run_until_the_first_checkpoint(done, tmp_pa
     replaced by the new run's 'interrupted' one)."""
     fw, _ = done
     if fw != "flax":
-        pytest.skip("one framework: the run folder is common.training's")
+        pytest.skip("one framework: the run folder is common.runfiles'")
     out = copy(done, tmp_path)
     before = snapshot(out)
     p = start(fw, out, "--epochs", "1", "--max-steps", "100", "--overwrite", "--seed", "3")
@@ -331,7 +332,7 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_stays(done, tmp_path):
 
     fw, _ = done
     if fw != "torch":
-        pytest.skip("one framework: the run's writes are common.training's")
+        pytest.skip("one framework: the run's writes are common.runfiles'")
     out = copy(done, tmp_path)
     before = {k: v for k, v in snapshot(out).items() if k.startswith("checkpoint")}
 
@@ -353,7 +354,7 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_stays(done, tmp_path):
 def test_out_deleted_during_the_run_is_one_line(done, tmp_path):
     fw, _ = done
     if fw != "gluon":
-        pytest.skip("one framework: the run's writes are common.training's")
+        pytest.skip("one framework: the run's writes are common.runfiles'")
     out = tmp_path / "run"
     p = start(fw, out, "--epochs", "3", "--max-steps", "30")
     for line in p.stdout:
@@ -426,7 +427,7 @@ def test_resume_refuses_non_finite_weights_by_name_and_falls_back(done, tmp_path
 
     fw, _ = done
     if fw != "torch":
-        pytest.skip("one framework: the check is common.training's, on the loaded canonical weights")
+        pytest.skip("one framework: the check is common.runfiles', on the loaded canonical weights")
     out = copy(done, tmp_path)
     path = out / "checkpoint-epoch2" / "model.safetensors"
     t = tensors(path)

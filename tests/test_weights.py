@@ -423,7 +423,7 @@ def test_draw_gives_the_weights_that_training_starts_from(tmp_path, capsys, fw):
     import importlib
 
     from common.cli import parse_train_args
-    from common.training import TrainConfig
+    from common.contract import TrainConfig
 
     flags = ["--arch", "vgg11_bn", "--width-ratio", "8", "--scale-classifier", "--resize", "32", "--device", "cpu"]
     flags += ["--init", "kaiming", "--seed", "3", "--batch-size", "8"]

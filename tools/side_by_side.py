@@ -40,7 +40,7 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
-from common.training import write_atomic
+from common.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 MD, HTML, README, NOTES = "docs/side_by_side.md", "docs/side_by_side.html", "README.md", "docs/side_by_side_notes.md"

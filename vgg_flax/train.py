@@ -1,6 +1,6 @@
 """Train a VGG on Fashion-MNIST with Flax NNX: `python -m vgg_flax.train --help`.
 
-The loop, the reports and the checkpoints' bookkeeping live in `common.training`; this file
+The loop lives in `common.training`, the run's files and checkpoints in `common.runfiles`; this file
 holds what is Flax's own: an `nnx.Optimizer`, a train step compiled with `nnx.jit` around
 `nnx.value_and_grad`, NHWC inside, and checkpoints as one safetensors file over the flattened
 NNX state (model parameters, batch statistics, dropout RNG, optimiser state).
@@ -23,7 +23,7 @@ from flax import nnx
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from common import training
+from common import contract, training
 from common.cli import main_guard, parse_train_args
 from common.errors import CheckpointError, reason
 from common.recipe import decays
@@ -158,7 +158,7 @@ def load_checkpoint(folder, model, optimizer) -> int:
 
 
 class Backend:
-    """Flax NNX's common.training.Backend: what the shared loop drives."""
+    """Flax NNX's common.contract.Backend: what the shared loop drives."""
 
     framework = "flax"
 
@@ -218,7 +218,7 @@ class Backend:
 
 def main(argv=None):
     with main_guard():
-        config = training.TrainConfig.from_args(
+        config = contract.TrainConfig.from_args(
             parse_train_args(
                 argv,
                 prog="python -m vgg_flax.train",

@@ -1,6 +1,6 @@
 """Train a VGG on Fashion-MNIST with MXNet Gluon: `python -m vgg_gluon.train --help`.
 
-The loop, the reports and the checkpoints' bookkeeping live in `common.training`; this file
+The loop lives in `common.training`, the run's files and checkpoints in `common.runfiles`; this file
 holds what is Gluon's own: a hybridized network (static graph, static memory), `autograd.record()`,
 a `gluon.Trainer`, and checkpoints as `save_parameters` + `trainer.save_states`.
 """
@@ -20,7 +20,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from common import training
+from common import contract, training
 from common.cli import main_guard, parse_train_args
 from common.errors import CheckpointError, DeviceError, reason
 from common.recipe import decays
@@ -191,7 +191,7 @@ def load_checkpoint(folder, net, trainer) -> int:
 
 
 class Backend:
-    """MXNet Gluon's common.training.Backend: what the shared loop drives."""
+    """MXNet Gluon's common.contract.Backend: what the shared loop drives."""
 
     framework = "gluon"
 
@@ -266,7 +266,7 @@ class Backend:
 
 def main(argv=None):
     with main_guard():
-        config = training.TrainConfig.from_args(
+        config = contract.TrainConfig.from_args(
             parse_train_args(
                 argv,
                 prog="python -m vgg_gluon.train",

@@ -1,6 +1,6 @@
 """Train a VGG on Fashion-MNIST with PyTorch: `python -m vgg_torch.train --help`.
 
-The loop, the reports and the checkpoints' bookkeeping live in `common.training`; this file
+The loop lives in `common.training`, the run's files and checkpoints in `common.runfiles`; this file
 holds what is PyTorch's own: eager training (optionally `torch.compile`d), the optimiser, and
 checkpoints as safetensors (the model's state_dict, the project's canonical layout) plus a
 `torch.save` file of optimiser and RNG state read back with `weights_only=True`.
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from common import training
+from common import contract, training
 from common.cli import main_guard, parse_train_args
 from common.errors import CheckpointError, reason
 from common.recipe import decays
@@ -117,7 +117,7 @@ def load_checkpoint(folder, net, optimizer) -> int:
 
 
 class Backend:
-    """PyTorch's common.training.Backend: what the shared loop drives."""
+    """PyTorch's common.contract.Backend: what the shared loop drives."""
 
     framework = "torch"
 
@@ -177,7 +177,7 @@ class Backend:
 
 def main(argv=None):
     with main_guard():
-        config = training.TrainConfig.from_args(
+        config = contract.TrainConfig.from_args(
             parse_train_args(
                 argv,
                 prog="python -m vgg_torch.train",
