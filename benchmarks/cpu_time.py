@@ -29,7 +29,7 @@ from pathlib import Path
 from common import PACKAGES
 from common.cli import main_guard
 from common.errors import RunError
-from common.training import write_json
+from common.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {

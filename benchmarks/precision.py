@@ -25,7 +25,7 @@ from pathlib import Path
 from common import FRAMEWORKS, stats
 from common.cli import main_guard
 from common.errors import RunError
-from common.training import write_json
+from common.files import write_json
 
 PRECISIONS = ("float32", "bfloat16")
 

@@ -36,7 +36,7 @@ from common.arch import flops_per_example, make_spec, parse_arch
 from common.cli import add_cpu_workarounds_arg, main_guard
 from common.data import SAMPLE_DIR, load_fashion_mnist, sample_dataset
 from common.errors import ArchError, RunError, UsageError
-from common.training import write_json
+from common.files import write_json
 
 from .workers import PACKAGES
 

@@ -25,7 +25,6 @@ from tqdm import tqdm
 from .contract import Backend, TrainConfig, check_backend
 from .data import Loader, load_fashion_mnist
 from .errors import DeviceError, Diverged, RunError
-from .files import write_json  # noqa: F401  (benchmarks import it from here)
 from .recipe import describe_layers, learning_rate, start_from
 from .runfiles import Run, check_resume
 from .runfolder import check_out
