@@ -33,9 +33,9 @@ import numpy as np  # noqa: E402
 
 from common.arch import flops_per_example, make_spec  # noqa: E402
 from common.cli import parse_train_args  # noqa: E402
+from common.contract import TrainConfig  # noqa: E402
 from common.data import SAMPLE_DIR, Loader, load_fashion_mnist, sample_dataset  # noqa: E402
 from common.errors import DeviceError  # noqa: E402
-from common.contract import TrainConfig  # noqa: E402
 from common.training import keep_freed_memory  # noqa: E402
 
 
