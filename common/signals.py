@@ -99,7 +99,6 @@ def finish_first():
     if not ours:
         yield
         return
-    old = {s: signal.getsignal(s) for s in ours}
     hits = []
 
     def later(signum, frame):
@@ -107,15 +106,23 @@ def finish_first():
         if len(hits) > 1:
             _raise(hits[0], frame)
 
-    for s in ours:
-        signal.signal(s, later)
+    with _handling(ours, later):
+        yield
+    if hits:
+        _raise(hits[0], None)
+
+
+@contextlib.contextmanager
+def _handling(signums: list[int], handler):
+    """For the block, `handler` handles `signums`; their earlier handlers come back after it."""
+    old = {s: signal.getsignal(s) for s in signums}
+    for s in signums:
+        signal.signal(s, handler)
     try:
         yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    if hits:
-        _raise(hits[0], None)
 
 
 @contextlib.contextmanager
@@ -132,14 +139,8 @@ def passed_on(processes, got: list):
             with contextlib.suppress(OSError):
                 p.send_signal(signum)
 
-    old = {s: signal.getsignal(s) for s in ours}
-    for s in ours:
-        signal.signal(s, send)
-    try:
+    with _handling(ours, send):
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def stopped(signum: int) -> KeyboardInterrupt:
