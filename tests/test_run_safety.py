@@ -281,12 +281,11 @@ def before_names(snap):
     return {k.split("/")[0] for k in snap}
 
 
+@pytest.mark.parametrize("done", ["gluon"], indirect=True)  # one framework: the clean-up is common.runfolder's
 def test_clean_up_removes_only_the_projects_own_temporary_names(done, tmp_path):
     """In a run's folder, a killed run's temporary names (ending .vgg-tmp) go; a user's .part file and
     .checkpoint-* folder put there stay (before: both were deleted)."""
     fw, _ = done
-    if fw != "gluon":
-        pytest.skip("one framework: the clean-up is common.runfolder's")
     out = copy(done, tmp_path)
     (out / ".checkpoint-mine").mkdir()
     (out / ".checkpoint-mine" / "keep.txt").write_text("mine")
@@ -299,13 +298,12 @@ def test_clean_up_removes_only_the_projects_own_temporary_names(done, tmp_path):
     assert not (out / ".checkpoint-k1l2.vgg-tmp").exists() and not (out / ".metrics.json.k1l2.vgg-tmp").exists()
 
 
+@pytest.mark.parametrize("done", ["flax"], indirect=True)  # one framework: the run folder is common.runfiles'
 def test_overwrite_keeps_the_earlier_run_until_the_first_checkpoint(done, tmp_path):
     """--overwrite, then Ctrl-C before the new run's first checkpoint: the earlier run's metrics.json
     and checkpoint are as they were, and --resume could continue it (before: metrics.json was
     replaced by the new run's 'interrupted' one)."""
     fw, _ = done
-    if fw != "flax":
-        pytest.skip("one framework: the run folder is common.runfiles'")
     out = copy(done, tmp_path)
     before = snapshot(out)
     p = start(fw, out, "--epochs", "1", "--max-steps", "100", "--overwrite", "--seed", "3")
@@ -323,6 +321,7 @@ def test_overwrite_keeps_the_earlier_run_until_the_first_checkpoint(done, tmp_pa
 # ---------------------------------------------------------------------------- I/O failures
 
 
+@pytest.mark.parametrize("done", ["torch"], indirect=True)  # one framework: the run's writes are common.runfiles'
 def test_a_full_disk_is_one_line_and_the_last_checkpoint_stays(done, tmp_path):
     """A file-size limit (RLIMIT_FSIZE, as a full disk) stops the third epoch's checkpoint: one line
     naming it and the cause, metrics.json 'failed', checkpoint.json still at epoch 2 and both
@@ -331,8 +330,6 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_stays(done, tmp_path):
     import resource
 
     fw, _ = done
-    if fw != "torch":
-        pytest.skip("one framework: the run's writes are common.runfiles'")
     out = copy(done, tmp_path)
     before = {k: v for k, v in snapshot(out).items() if k.startswith("checkpoint")}
 
@@ -351,10 +348,9 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_stays(done, tmp_path):
     assert not [p.name for p in out.iterdir() if p.name.endswith(".vgg-tmp")]
 
 
+@pytest.mark.parametrize("done", ["gluon"], indirect=True)  # one framework: the run's writes are common.runfiles'
 def test_out_deleted_during_the_run_is_one_line(done, tmp_path):
     fw, _ = done
-    if fw != "gluon":
-        pytest.skip("one framework: the run's writes are common.runfiles'")
     out = tmp_path / "run"
     p = start(fw, out, "--epochs", "3", "--max-steps", "30")
     for line in p.stdout:
@@ -380,13 +376,12 @@ def test_a_path_too_long_is_refused_before_any_work(tmp_path):
 # ---------------------------------------------------------------------------- signals
 
 
+@pytest.mark.parametrize("done", ["torch"], indirect=True)  # one framework: the signals are common.signals'
 def test_sigterm_stops_like_ctrl_c(done, tmp_path):
     """Before: SIGTERM ended the process with no message and no metrics.json."""
     import json
 
     fw, _ = done
-    if fw != "torch":
-        pytest.skip("one framework: the signals are common.signals'")
     out = tmp_path / "run"
     p = start(fw, out, "--epochs", "2", "--max-steps", "40")
     for line in p.stdout:
@@ -420,14 +415,15 @@ def test_a_busy_folder_is_refused_before_the_data_is_read(tmp_path):
         assert f"in use by another run (process {holder.pid})" in line
 
 
+@pytest.mark.parametrize(
+    "done", ["torch"], indirect=True
+)  # one framework: the check is common.runfiles', on the loaded canonical weights
 def test_resume_refuses_non_finite_weights_by_name_and_falls_back(done, tmp_path):
     """NaN in the last checkpoint's weights: --resume names the tensor and continues from the epoch
     before (before: it resumed from the NaN weights without a word)."""
     from safetensors.numpy import save_file
 
     fw, _ = done
-    if fw != "torch":
-        pytest.skip("one framework: the check is common.runfiles', on the loaded canonical weights")
     out = copy(done, tmp_path)
     path = out / "checkpoint-epoch2" / "model.safetensors"
     t = tensors(path)
