@@ -38,7 +38,7 @@ from common.data import SAMPLE_DIR, load_fashion_mnist, sample_dataset
 from common.errors import ArchError, RunError, UsageError
 from common.files import write_json
 
-from .workers import PACKAGES
+from .workers import PACKAGES, train_flags
 
 PEERS = ("torchvision", "gluon_zoo")
 ALIASES = {**dict(zip(FRAMEWORKS, OURS)), "zoo": "gluon_zoo"}  # torch -> vgg_torch
@@ -238,26 +238,14 @@ def cross_check(cfg: dict, row: dict, data_dir: str, env: dict, timeout: float, 
     changed = [k for k, v in TRAIN_SCRIPT_DEFAULTS[cfg["framework"]].items() if cfg[k] != v]
     if changed:
         return {"status": "skipped", "message": f"options under test the train scripts lack: {', '.join(changed)}"}
-    arch = cfg["arch"] if isinstance(cfg["arch"], str) else repr(tuple(map(tuple, cfg["arch"])))
     steps = max(3, row["train"]["end_to_end"]["steps"] + 1)
     with tempfile.TemporaryDirectory() as tmp:
         command = [
             "-m",
             f"{cfg['framework']}.train",
-            f"--arch={arch}",
-            f"--width-ratio={cfg['width_ratio']}",
-            f"--resize={cfg['size']}",
-            f"--batch-size={cfg['batch_size']}",
-            f"--device={cfg['device']}",
-            "--optimizer=sgd",
-            "--lr=0.05",
-            "--momentum=0",
-            f"--precision={cfg['precision']}",
+            *train_flags(cfg, cfg["size"], compile=cfg["torch_compile"]),  # the worker's own configuration
             "--epochs=1",
             f"--max-steps={steps}",
-            "--no-progress",
-            *([] if cfg["cpu_workarounds"] else ["--no-cpu-workarounds"]),
-            *(["--compile"] if cfg["torch_compile"] else []),
         ]
         load = os.getloadavg()[0]
         try:

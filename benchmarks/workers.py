@@ -47,29 +47,31 @@ def _spec(cfg, size):
     return make_spec(cfg["arch"], in_channels=1, num_classes=10, image_size=size, width_ratio=cfg["width_ratio"])
 
 
-def _train_args(cfg, size, compile=False):
-    """The training config of this configuration; the optimiser is the d2l recipe's (plain SGD, lr 0.05).
-    --precision goes to the train script's Backend, which alone decides what it means: the worker adds
-    no autocast or AMP of its own, so that the benchmark times the step a training run takes."""
+def train_flags(cfg, size, compile=False) -> list[str]:
+    """The train script's flags for this configuration, as the worker's Backend and the throughput
+    cross-check's `python -m vgg_X.train` both take them; the optimiser is the d2l recipe's (plain
+    SGD, lr 0.05). --precision goes to the train script's Backend, which alone decides what it
+    means: the worker adds no autocast or AMP of its own, so that it times the step a training run takes."""
     arch = cfg["arch"] if isinstance(cfg["arch"], str) else repr(tuple(map(tuple, cfg["arch"])))
-    return TrainConfig.from_args(
-        parse_train_args(
-            [
-                f"--arch={arch}",
-                f"--width-ratio={cfg['width_ratio']}",
-                f"--resize={size}",
-                f"--batch-size={cfg['batch_size']}",
-                f"--device={cfg['device']}",
-                "--optimizer=sgd",
-                "--lr=0.05",
-                "--momentum=0",
-                f"--precision={cfg['precision']}",
-                "--no-progress",
-            ]
-            + (["--compile"] if compile else [])
-            + ([] if cfg.get("cpu_workarounds", True) else ["--no-cpu-workarounds"])
-        )
-    )
+    return [
+        f"--arch={arch}",
+        f"--width-ratio={cfg['width_ratio']}",
+        f"--resize={size}",
+        f"--batch-size={cfg['batch_size']}",
+        f"--device={cfg['device']}",
+        "--optimizer=sgd",
+        "--lr=0.05",
+        "--momentum=0",
+        f"--precision={cfg['precision']}",
+        "--no-progress",
+        *(["--compile"] if compile else []),
+        *([] if cfg.get("cpu_workarounds", True) else ["--no-cpu-workarounds"]),
+    ]
+
+
+def _train_args(cfg, size, compile=False):
+    """The training config of this configuration (train_flags)."""
+    return TrainConfig.from_args(parse_train_args(train_flags(cfg, size, compile)))
 
 
 def _no_gpu(framework):
