@@ -226,7 +226,7 @@ def _positive(kind, name):
 SEED_MAX = 2**32 - 1  # what every framework's generator takes alike (NumPy's refuses negatives, MXNet's wraps at 2**32)
 
 
-def _seed(text):
+def seed_arg(text):
     try:
         v = int(text)
     except ValueError:
@@ -299,7 +299,7 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--seed",
-        type=_seed,
+        type=seed_arg,
         default=0,
         help=f"one seed for initialisation, batch order and dropout, 0 to {SEED_MAX} (default 0)",
     )

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from . import PACKAGES, signals
-from .cli import main_guard, parse_train_args
+from .cli import main_guard, parse_train_args, seed_arg
 from .errors import Interrupted, RunError, UsageError
 from .files import write_atomic, write_json
 from .runfiles import Run
@@ -412,7 +412,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
         p.add_argument(
             "--seeds",
-            type=int,
+            type=seed_arg,  # each checked as --seed is, before the first seed trains
             nargs="+",
             metavar="S",
             help="repeat the comparison for each seed (instead of --seed), each into <out>/seed-S/ "

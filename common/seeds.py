@@ -35,8 +35,8 @@ def seed_dir(out: Path, seed: int) -> Path:
 
 
 def common_flags(argv_child: list[str]) -> list[str]:
-    """The training flags that every seed shares: all but --seed and --resume."""
-    return [a for a in argv_child if not a.startswith("--seed=") and a != "--resume"]
+    """The training flags that every seed shares: all but --seed (compare passes no --resume on)."""
+    return [a for a in argv_child if not a.startswith("--seed=")]
 
 
 def finished(folder: Path, frameworks: list[str], flags: list[str], same_init: bool) -> bool:

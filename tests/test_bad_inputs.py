@@ -353,6 +353,13 @@ def test_train_flags_refused_before_work(tmp_path, fw, argv, words):
     assert not (tmp_path / "never").exists()
 
 
+def test_compare_seeds_out_of_range_refused_before_work(tmp_path):
+    """--seeds is checked as --seed is, up front (before: a bad seed was refused only when its turn
+    came, after the seeds before it had trained)."""
+    refused(cli("common.compare", *TRAIN, "--seeds", "0", str(2**32), "--out", tmp_path / "never"), "4294967295")
+    assert not (tmp_path / "never").exists()
+
+
 def test_an_empty_data_set_is_refused(tmp_path):
     data = tmp_path / "data"
     shutil.copytree(SAMPLE, data)
