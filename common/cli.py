@@ -10,7 +10,7 @@ import sys
 
 from . import signals
 from .arch import INITS, make_spec, parse_arch, valid_names
-from .data import PIXELS
+from .data import PIXELS, check_data_dir
 from .errors import ArchError, ProjectError, UsageError
 from .weights import expected_canonical
 
@@ -549,10 +549,7 @@ def check_train_args(args):
             f"--batch-size {args.batch_size} is the global batch and must split evenly over --devices "
             f"{args.devices}; use a multiple of {args.devices}"
         )
-    if args.data_dir is not None and not args.data_dir.strip():
-        raise UsageError(
-            '--data-dir "" names no folder; give the folder with the four Fashion-MNIST files, or leave the flag out'
-        )
+    check_data_dir(args.data_dir)  # before any work, as the loader would later
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out and --overwrite replaces it: give one or the other")
     if args.optimizer == "adam" and args.momentum:

@@ -228,14 +228,19 @@ def download(dest_dir, *, mirrors=None, checksums=None, progress=True, retries=3
 _download = download  # load_fashion_mnist's `download` flag shadows the function's name
 
 
-def load_fashion_mnist(data_dir=None, *, download=True, allow_sample=True, progress=True) -> FashionMNIST:
-    """Find Fashion-MNIST: data_dir, else $FASHION_MNIST_DIR (either must hold good files: an
-    explicit folder is never silently replaced), else the user cache (downloaded or repaired there
-    if download=True), else, if allow_sample, the bundled sample with a warning on stderr."""
+def check_data_dir(data_dir) -> None:
+    """An empty --data-dir names no folder (and would otherwise read as no flag at all)."""
     if data_dir is not None and not str(data_dir).strip():
         raise DataError(
             '--data-dir "" names no folder; give the folder with the four Fashion-MNIST files, or leave the flag out'
         )
+
+
+def load_fashion_mnist(data_dir=None, *, download=True, allow_sample=True, progress=True) -> FashionMNIST:
+    """Find Fashion-MNIST: data_dir, else $FASHION_MNIST_DIR (either must hold good files: an
+    explicit folder is never silently replaced), else the user cache (downloaded or repaired there
+    if download=True), else, if allow_sample, the bundled sample with a warning on stderr."""
+    check_data_dir(data_dir)
     explicit = data_dir or os.environ.get("FASHION_MNIST_DIR")
     if explicit:  # the bundled sample's own folder, named explicitly, is still the sample
         return _load_dir(explicit, "sample" if Path(explicit).resolve() == SAMPLE_DIR else "full")
