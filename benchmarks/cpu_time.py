@@ -58,7 +58,6 @@ def measure(fw: str, size: int, precision: str, variant: str, steps: int) -> dic
         torch_compile=False,
         gluon_hybridize="static",
         flax_donate=False,
-        flax_place_state=False,
         cpu_workarounds=variant != "none",
     )
     if fw == "vgg_flax" and "=" in variant:

@@ -128,11 +128,6 @@ def parse_args(argv=None):
     g.add_argument(
         "--flax-donate", action="store_true", help="Flax: donate the model and optimiser state to the jitted step"
     )
-    g.add_argument(
-        "--flax-place-state",
-        action="store_true",
-        help="Flax: device_put the model and optimiser state on the device before the first step",
-    )
     add_cpu_workarounds_arg(g)
     g.add_argument(
         "--env",
@@ -214,7 +209,7 @@ def run_worker(cfg: dict, env: dict, timeout: float, python: str = sys.executabl
 TRAIN_SCRIPT_DEFAULTS = {
     "vgg_torch": {"torch_memory_format": "channels_last"},
     "vgg_gluon": {"gluon_hybridize": "static"},
-    "vgg_flax": {"flax_donate": False, "flax_place_state": False},
+    "vgg_flax": {"flax_donate": False},
 }
 
 
@@ -499,7 +494,6 @@ def _main(argv):
         "torch_compile": args.torch_compile,
         "gluon_hybridize": args.gluon_hybridize,
         "flax_donate": args.flax_donate,
-        "flax_place_state": args.flax_place_state,
         "cpu_workarounds": args.cpu_workarounds,
     }
     extras = {name: {"framework": fw, "python": python} for name, fw, python in args.runs[len(args.frameworks) :]}

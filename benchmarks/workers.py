@@ -279,15 +279,6 @@ class Flax:
             raise _no_gpu("JAX")
         if cfg["device"] == "gpu":  # float32 means float32 in all three (no TF32)
             jax.config.update("jax_default_matmul_precision", "float32")
-        if cfg["flax_place_state"]:
-            # the proposed vgg_flax/parallel.py change: `prepare` commits the state to the device on
-            # one device too. Otherwise the first step compiles for uncommitted parameters beside a
-            # committed batch, and the second compiles again for the committed state it returned.
-            def prepare(dp, *nodes):
-                for node in nodes:
-                    nnx.update(node, jax.device_put(nnx.state(node), dp.replicated))
-
-            parallel.prepare = prepare
         if cfg["flax_donate"]:  # XLA may then update parameters and optimiser state in place
             F.train_step = nnx.jit(F.train_step.fun, donate_argnums=(0, 1))
         self.b = b = F.Backend(_train_args(cfg, size))

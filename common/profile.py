@@ -253,7 +253,6 @@ def profile(args, argv) -> dict:
         "torch_memory_format": "channels_last",
         "gluon_hybridize": "static",
         "flax_donate": False,
-        "flax_place_state": False,
     }
     sizes = []
     for size in args.image_size:

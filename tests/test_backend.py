@@ -150,3 +150,31 @@ def test_evaluate_picks_devices_by_the_train_rule(fw, name, monkeypatch, tmp_pat
     for requested in ("auto", "cpu"):
         main([*flags, requested])
         assert " on cpu" in capsys.readouterr().out.splitlines()[0].lower()
+
+
+def test_the_flax_step_compiles_once():
+    """The first step compiles the jitted step; the ones after reuse it. Arrays that no device_put
+    committed (the freshly built state) make step 1 compile for them, and step 2 compile again for
+    the committed state step 1 returned: a compilation that the train script's examples/s, which
+    leave out only step 1, would count as training time (vgg_flax.parallel.prepare commits them)."""
+    import jax
+    from jax._src import monitoring
+
+    from vgg_flax.train import Backend
+
+    backend = Backend(config())
+    x, y = np.random.default_rng(0).random((8, 1, 32, 32), np.float32), np.arange(8) % 10
+    backend.fetch(backend.train_step(x, y))
+    compiled = []
+
+    def listen(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for _ in range(2):
+            backend.fetch(backend.train_step(x, y))
+    finally:
+        monitoring._unregister_event_duration_listener_by_callback(listen)
+    assert compiled == [], f"steps 2 and 3 compiled {len(compiled)} time(s)"

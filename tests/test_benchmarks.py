@@ -187,7 +187,7 @@ framework, out = sys.argv[1], {}
 for precision, workarounds in (("float32", True), ("bfloat16", True), ("bfloat16", False)):
     cfg = dict(arch="vgg11", width_ratio=16, batch_size=8, device="cpu", precision=precision,
                torch_compile=False, torch_memory_format="channels_last", gluon_hybridize="static",
-               flax_donate=False, flax_place_state=False, cpu_workarounds=workarounds)
+               flax_donate=False, cpu_workarounds=workarounds)
     seen = out[precision + ("" if workarounds else " --no-cpu-workarounds")] = []
     r = workers.RUNNERS[framework][0](cfg, 32)
     if framework == "vgg_torch":

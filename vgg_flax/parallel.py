@@ -99,9 +99,10 @@ def setup(args) -> Context:
 
 
 def prepare(dp: Context, *nodes) -> None:
-    """Put every array of the NNX objects (model, optimiser) on every device of the mesh."""
-    if dp.world == 1:
-        return  # where they were made: the default device
+    """Commit every array of the NNX objects (model, optimiser) to where the step runs: its one
+    device, or every device of the mesh. On one device too: arrays made without a device_put are
+    uncommitted, so the jitted step would compile once for them beside the committed batch, and
+    again on step 2 for the committed state that step 1 returned."""
     for node in nodes:
         nnx.update(node, jax.tree_util.tree_map(lambda x: _replicate(dp, x), nnx.state(node)))
 
