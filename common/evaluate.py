@@ -18,12 +18,12 @@ from .contract import TrainConfig
 from .data import Loader, load_fashion_mnist
 from .errors import UsageError, WeightsError
 from .training import accuracy
-from .weights import read_spec
+from .weights import read_inputs, read_spec
 
 
-def evaluate_config(args, spec, normalize: bool) -> TrainConfig:
+def evaluate_config(args, spec, normalize: bool, pixels: str = "float") -> TrainConfig:
     """The train command's config for the file's model: its spec, the evaluate flags (device,
-    batch size, CPU workarounds), the file's pixel scale, and every other flag at its default
+    batch size, CPU workarounds), the file's pixels (scale and resize), and every other flag at its default
     (the optimiser that Backend builds then holds no state: SGD without momentum)."""
     defaults = TrainConfig.from_args(parse_train_args([]))
     return dataclasses.replace(
@@ -34,6 +34,7 @@ def evaluate_config(args, spec, normalize: bool) -> TrainConfig:
         device=args.device,
         cpu_workarounds=args.cpu_workarounds,
         normalize=normalize,
+        pixels=pixels,
         data_dir=args.data_dir,
     )
 
@@ -75,9 +76,8 @@ def evaluate_main(prog: str, argv, *, framework: str, backend) -> float:
     except UsageError as e:
         raise WeightsError(f"{args.weights}: its metadata asks for {h}x{w} px images: {e}") from None
     data = load_fashion_mnist(args.data_dir)
-    # the file says how its model saw images in training; the default is the loader's 0-1 scale
-    normalize = metadata.get("normalize", "false").lower() in ("true", "1")
-    model = backend(evaluate_config(args, spec, normalize))  # --device: the train command's rule
+    normalize, pixels = read_inputs(args.weights, metadata)  # the model sees images as in its training
+    model = backend(evaluate_config(args, spec, normalize, pixels))  # --device: the train command's rule
     model.load_canonical(tensors)
     loader = Loader(
         data.test_images,
@@ -86,11 +86,13 @@ def evaluate_main(prog: str, argv, *, framework: str, backend) -> float:
         resize=h,
         shuffle=False,
         normalize=normalize,
+        pixels=pixels,
         shard=model.shard,
     )
     acc = accuracy(model, loader)
     print(
-        f"{framework} on {model.device}: {spec.name} ({h}x{h} px{', normalised' if normalize else ''}) "
+        f"{framework} on {model.device}: {spec.name} ({h}x{h} px{', normalised' if normalize else ''}"
+        f"{', d2l pixels' if pixels == 'd2l' else ''}) "
         f"from {args.weights} (saved by {metadata.get('framework', 'unknown')})"
     )
     print(data.describe())

@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from .arch import Block, VGGSpec
+from .data import PIXELS
 from .errors import WeightsError  # noqa: F401  (import it from common.errors)
 from .files import atomic_path
 
@@ -246,6 +247,23 @@ def load_weights(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         how = "narrowed" if dtype == "float64" else "widened"
         print(f"note: {path} stores {dtype} ({names[0]}{more}); {how} to float32", file=sys.stderr)
     return tensors, metadata
+
+
+def input_metadata(config) -> dict[str, str]:
+    """How the model saw its images in training, for the weights file: normalize (standardised
+    pixels or the loader's 0-1 scale) and pixels (common.data.PIXELS: resize the float image, or
+    d2l's uint8 resize then /255). The evaluate commands feed the model the same (read_inputs)."""
+    return {"normalize": str(config.normalize), "pixels": config.pixels}
+
+
+def read_inputs(path, metadata: dict[str, str]) -> tuple[bool, str]:
+    """(normalize, pixels) of a weights file, as input_metadata wrote them; a file without them (an
+    older one, or from weights.save with no extras) saw the defaults: 0-1 pixels, resized as floats."""
+    normalize = metadata.get("normalize", "false").lower() in ("true", "1")
+    pixels = metadata.get("pixels", "float")
+    if pixels not in PIXELS:
+        raise WeightsError(f"{path}: its metadata names pixels {pixels!r}, not one of {', '.join(PIXELS)}")
+    return normalize, pixels
 
 
 def read_spec(path) -> tuple[VGGSpec, dict[str, np.ndarray], dict[str, str]]:

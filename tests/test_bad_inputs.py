@@ -103,6 +103,7 @@ def files(tmp_path_factory):
         d / "other_spec.safetensors",
         metadata=metadata,
     )
+    save_weights(d / "pixels.safetensors", tensors, {**metadata, "pixels": "jpeg"})
     (d / "run").mkdir()
     save_weights(d / "run" / "model.safetensors", tensors, metadata)
     (d / "empty_folder").mkdir()
@@ -129,6 +130,7 @@ WEIGHTS_CASES = [
     ),
     ("folder without", "torch", "empty_folder", ["empty_folder is a folder", "it holds no model.safetensors"]),
     ("missing", "gluon", "missing.safetensors", ["missing.safetensors: no such file"]),
+    ("unknown pixels", "flax", "pixels.safetensors", ["its metadata names pixels 'jpeg', not one of float, d2l"]),
 ]
 
 

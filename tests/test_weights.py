@@ -437,3 +437,37 @@ def test_draw_gives_the_weights_that_training_starts_from(tmp_path, capsys, fw):
         np.testing.assert_array_equal(drawn[k], started[k], err_msg=f"{fw} {k}")
     other = train.Backend(TrainConfig.from_args(parse_train_args([*flags, "--seed", "4"]))).canonical()
     assert not np.array_equal(other["block1.conv1.weight"], drawn["block1.conv1.weight"])
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_weights_record_the_pixels_and_evaluate_feeds_them(tmp_path, capsys, fw):
+    """A model trained on d2l's pixels (--pixels d2l) and standardised ones (--normalize): the file
+    that --draw and the train command's export write says so, and evaluate feeds the model those
+    pixels: its accuracy is the one the loader with pixels='d2l', normalize=True gives."""
+    import importlib
+
+    from common.cli import parse_train_args
+    from common.contract import TrainConfig
+    from common.data import Loader, load_fashion_mnist
+    from common.training import accuracy
+
+    flags = ["--width-ratio", "8", "--scale-classifier", "--resize", "32", "--device", "cpu", "--batch-size", "8"]
+    flags += ["--pixels", "d2l", "--normalize"]
+    weights, train = importlib.import_module(f"vgg_{fw}.weights"), importlib.import_module(f"vgg_{fw}.train")
+    weights.main(["--draw", str(tmp_path / "drawn.safetensors"), *flags])
+    backend = train.Backend(TrainConfig.from_args(parse_train_args(flags)))
+    backend.export(tmp_path / "exported.safetensors")
+    for name in ("drawn", "exported"):
+        metadata = load_weights(tmp_path / f"{name}.safetensors")[1]
+        assert (metadata["pixels"], metadata["normalize"]) == ("d2l", "True"), (name, metadata)
+    capsys.readouterr()
+    importlib.import_module(f"vgg_{fw}.evaluate").main(
+        ["--weights", str(tmp_path / "exported.safetensors"), "--data-dir", str(SAMPLE_DIR), "--device", "cpu"]
+    )
+    out = capsys.readouterr().out
+    assert "(32x32 px, normalised, d2l pixels)" in out, out
+    data = load_fashion_mnist(str(SAMPLE_DIR))
+    loader = Loader(data.test_images, data.test_labels, batch_size=256, resize=32, shuffle=False, normalize=True,
+                    pixels="d2l")  # fmt: skip
+    expected = round(accuracy(backend, loader) * len(data.test_labels))
+    assert f"({expected:,} / 1,000)" in out, (expected, out)

@@ -27,6 +27,7 @@ from common import contract, training
 from common.cli import main_guard, parse_train_args
 from common.errors import CheckpointError, reason
 from common.recipe import decays
+from common.weights import input_metadata
 from vgg_flax import parallel, weights, xla_cpu
 from vgg_flax.model import build, count_parameters, to_nhwc
 
@@ -166,7 +167,7 @@ class Backend:
         self.dp = parallel.setup(config)  # a mesh over --devices devices (and over processes, if launched)
         self.dev, self.primary, self.shard = self.dp.devices[0], self.dp.primary, self.dp.shard
         jax.config.update("jax_default_device", self.dev)
-        self.device, self.seed, self.normalize = self.dp.describe, config.seed, config.normalize
+        self.device, self.seed, self.inputs = self.dp.describe, config.seed, input_metadata(config)
         self.versions = {"flax": flax.__version__, "jax": jax.__version__}
         self.threads = f"XLA_FLAGS={os.environ.get('XLA_FLAGS', 'unset (all cores)')}"
         self.model = build(config)  # on jax_default_device
@@ -208,7 +209,7 @@ class Backend:
         save_checkpoint(folder, self.model, self.optimizer, epoch)
 
     def export(self, path):
-        weights.save(self.model, path, normalize=str(self.normalize))
+        weights.save(self.model, path, **self.inputs)
 
     def load_checkpoint(self, folder):
         epoch = load_checkpoint(folder, self.model, self.optimizer)

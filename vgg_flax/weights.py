@@ -13,7 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from common.weights import check_compatible, expected_canonical, load_weights, save_weights, spec_metadata
+from common.weights import (
+    check_compatible,
+    expected_canonical,
+    input_metadata,
+    load_weights,
+    save_weights,
+    spec_metadata,
+)
 
 _STATE = (nnx.Param, nnx.BatchStat)
 _NAMES = {"bias": "bias", "mean": "running_mean", "var": "running_var"}  # kernel and scale: see below
@@ -87,7 +94,7 @@ def draw(config, path) -> None:
     """The weights vgg_flax.train.Backend starts from with this config (vgg_flax.model.build)."""
     from vgg_flax.model import build
 
-    save(build(config), path, normalize=str(config.normalize))
+    save(build(config), path, **input_metadata(config))
 
 
 def main(argv=None):

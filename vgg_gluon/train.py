@@ -24,6 +24,7 @@ from common import contract, training
 from common.cli import main_guard, parse_train_args
 from common.errors import CheckpointError, DeviceError, reason
 from common.recipe import decays
+from common.weights import input_metadata
 
 loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()  # per example; mean over the batch via trainer.step
 
@@ -199,7 +200,7 @@ class Backend:
         self.dp = parallel.setup(config)  # the contexts, and the KVStore that joins them (and the machines)
         self.ctx, self.primary, self.shard = self.dp.devices, self.dp.primary, self.dp.shard
         self.device, self.seed, self.batch_size = self.dp.describe, config.seed, config.batch_size
-        self.normalize = config.normalize
+        self.inputs = input_metadata(config)  # what export records of the pixels
         if config.precision == "bfloat16":
             if any(c.device_type == "gpu" for c in self.ctx):
                 raise DeviceError(
@@ -258,7 +259,7 @@ class Backend:
         save_checkpoint(folder, self.net, self.trainer, epoch)
 
     def export(self, path):
-        weights.save(self.net, path, normalize=str(self.normalize))
+        weights.save(self.net, path, **self.inputs)
 
     def load_checkpoint(self, folder):
         return load_checkpoint(folder, self.net, self.trainer)

@@ -11,7 +11,14 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
-from common.weights import check_compatible, expected_canonical, load_weights, save_weights, spec_metadata
+from common.weights import (
+    check_compatible,
+    expected_canonical,
+    input_metadata,
+    load_weights,
+    save_weights,
+    spec_metadata,
+)
 
 _RENAME = {"gamma": "weight", "beta": "bias"}
 
@@ -59,7 +66,7 @@ def draw(config, path) -> None:
     """The weights vgg_gluon.train.Backend starts from with this config (vgg_gluon.model.build)."""
     from vgg_gluon.model import build
 
-    save(build(config), path, normalize=str(config.normalize))
+    save(build(config), path, **input_metadata(config))
 
 
 def main(argv=None):

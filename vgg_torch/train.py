@@ -23,6 +23,7 @@ from common import contract, training
 from common.cli import main_guard, parse_train_args
 from common.errors import CheckpointError, reason
 from common.recipe import decays
+from common.weights import input_metadata
 from vgg_torch import parallel, weights
 from vgg_torch.model import build, count_parameters
 
@@ -124,7 +125,7 @@ class Backend:
     def __init__(self, config):
         self.dp = parallel.setup(config)  # under torchrun: this process's rank and device
         self.dev, self.primary, self.shard = self.dp.devices[0], self.dp.primary, self.dp.shard
-        self.device, self.seed, self.normalize = self.dp.describe, config.seed, config.normalize
+        self.device, self.seed, self.inputs = self.dp.describe, config.seed, input_metadata(config)
         self.dtype = torch.bfloat16 if config.precision == "bfloat16" else None  # autocast's; the weights stay float32
         self.versions = {"torch": torch.__version__}
         self.threads = f"torch.get_num_threads() = {torch.get_num_threads()}"
@@ -169,7 +170,7 @@ class Backend:
         save_checkpoint(folder, self.net, self.optimizer, epoch)
 
     def export(self, path):
-        weights.save(self.net, path, normalize=str(self.normalize))
+        weights.save(self.net, path, **self.inputs)
 
     def load_checkpoint(self, folder):
         return load_checkpoint(folder, self.net, self.optimizer)

@@ -15,7 +15,14 @@ from torch import nn
 
 from common.arch import make_spec
 from common.errors import WeightsError
-from common.weights import check_compatible, expected_canonical, load_weights, save_weights, spec_metadata
+from common.weights import (
+    check_compatible,
+    expected_canonical,
+    input_metadata,
+    load_weights,
+    save_weights,
+    spec_metadata,
+)
 
 
 def to_canonical(net: nn.Module) -> dict[str, np.ndarray]:
@@ -83,7 +90,7 @@ def draw(config, path) -> None:
     """The weights vgg_torch.train.Backend starts from with this config (vgg_torch.model.build)."""
     from vgg_torch.model import build
 
-    save(build(config), path, normalize=str(config.normalize))
+    save(build(config), path, **input_metadata(config))
 
 
 def main(argv=None):
