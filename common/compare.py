@@ -140,30 +140,32 @@ def run_one(framework: str, argv: list[str], out: Path) -> dict:
     metrics_path = out / "metrics.json"
     m = _metrics(metrics_path) if metrics_path.is_file() and metrics_path.stat().st_mtime >= start else None
     if m:  # never a stale file from an earlier run
-        epochs = m["epochs"]
-        row.update(
-            parameters=m["parameters"],
-            device=m["device"],
-            data=m["data"]["describe"],
-            versions=m["versions"],
-            epochs=epochs,
-            curve=m["curve"],
-            step_loss=m.get("step_loss", []),
-            steps_per_epoch=m.get("steps_per_epoch"),
-        )
-        if epochs:  # examples/s over the whole run: total examples / total training seconds
-            row.update(
-                examples_per_sec=sum(e["examples"] for e in epochs)
-                / sum(e["examples"] / e["examples_per_sec"] for e in epochs),
-                train_acc=epochs[-1]["train_acc"],
-                test_acc=epochs[-1]["test_acc"],
-                loss=epochs[-1]["loss"],
-            )
+        row.update(parameters=m["parameters"], device=m["device"], data=m["data"]["describe"], versions=m["versions"])
+        row.update(results(m))
         if m["status"] not in ("finished",) and code == 0:
             row["status"] = m["status"]
     if code != 0:
         lines = [line for line in tail.decode(errors="replace").replace("\r", "\n").splitlines() if line.strip()]
         row["error"] = lines[-1] if lines else "no message"
+    return row
+
+
+def results(m: dict) -> dict:
+    """What a report row takes from a run's metrics.json: the curves, and after a finished epoch the
+    last epoch's accuracies and loss and the examples/s over the whole run (total examples / total
+    training seconds)."""
+    epochs = m["epochs"]
+    row = dict(
+        epochs=epochs, curve=m["curve"], step_loss=m.get("step_loss", []), steps_per_epoch=m.get("steps_per_epoch")
+    )
+    if epochs:
+        row.update(
+            examples_per_sec=sum(e["examples"] for e in epochs)
+            / sum(e["examples"] / e["examples_per_sec"] for e in epochs),
+            train_acc=epochs[-1]["train_acc"],
+            test_acc=epochs[-1]["test_acc"],
+            loss=epochs[-1]["loss"],
+        )
     return row
 
 
@@ -314,22 +316,7 @@ def reread(out: Path, frameworks: list[str]):
         if path.is_file() and m is None:
             raise RunError(f"--rewrite-report: {path} is damaged or not a run's metrics.json; it cannot be reported")
         if m:
-            row.update(
-                epochs=m["epochs"],
-                curve=m["curve"],
-                step_loss=m.get("step_loss", []),
-                steps_per_epoch=m.get("steps_per_epoch"),
-                status=m["status"],
-            )
-            if m["epochs"]:
-                e = m["epochs"]
-                row.update(
-                    train_acc=e[-1]["train_acc"],
-                    test_acc=e[-1]["test_acc"],
-                    loss=e[-1]["loss"],
-                    examples_per_sec=sum(x["examples"] for x in e)
-                    / sum(x["examples"] / x["examples_per_sec"] for x in e),
-                )
+            row.update(results(m), status=m["status"])
         rows.append(row)
     return rows, report["flags"], report.get("init", "unknown")
 
@@ -453,7 +440,7 @@ def held_runs(args, out: Path) -> dict[str, str]:
     for f in args.frameworks:
         if (out / f).exists():
             check_out(out / f, "train")
-            if what := Run(out / f)._holds():
+            if what := Run(out / f).holds():
                 held[f] = what
     if args.resume and not held:
         raise UsageError(f"--resume: {out} holds no run to continue; leave --resume out to start one")

@@ -95,7 +95,7 @@ class Run:
     def check_fresh(self, overwrite: bool):
         """A run without --resume must not silently replace another run's checkpoint: refuse,
         unless --overwrite. Returns what is there (or None)."""
-        held = self._holds()
+        held = self.holds()
         if held and not overwrite:
             raise RunError(
                 f"{self.out} already holds a run ({held}); --resume continues it, --out NEW starts "
@@ -103,7 +103,9 @@ class Run:
             )
         return held
 
-    def _holds(self):
+    def holds(self) -> str | None:
+        """What of a run this folder holds, in words (a checkpoint, checkpoint folders, trained
+        weights), or None."""
         try:
             return f"a checkpoint of epoch {json.loads(self.pointer.read_text())['epoch']}"
         except FileNotFoundError:
