@@ -265,3 +265,50 @@ def test_train_scripts_clock_starts_when_the_first_step_is_done():
     assert len(backend.spans) == 4
     truth = 3 * batch / sum(backend.spans[1:])  # steps 2-4, the first left out
     assert speed == pytest.approx(truth, rel=0.1), (speed, truth)
+
+
+def ratios_cli(*argv):
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.ratios", *map(str, argv)], cwd=ROOT, capture_output=True, text=True
+    )
+
+
+def test_ratios_divide_one_run_by_another(report, tmp_path):
+    """benchmarks.ratios on a real result and a copy with its figures scaled by known factors: the
+    ratios it prints and writes are those factors, row by row; other machines or models are refused."""
+    first = report[0]
+    second = json.loads(json.dumps(first))
+    second["config"]["precision"] = "bfloat16"
+    factors = {"train.compute": 2.0, "train.end_to_end": 1.5, "infer.compute": 3.0, "script": 1.25}
+    for row in second["results"]:
+        for key in ("train.compute", "train.end_to_end", "infer.compute"):
+            phase, mode = key.split(".")
+            row[phase][mode]["examples_per_s"] *= factors[key]
+        if "cross_check" in row:
+            row["cross_check"]["examples_per_s"] *= factors["script"]
+    a, b = tmp_path / "float32.json", tmp_path / "bfloat16.json"
+    a.write_text(json.dumps(first))
+    b.write_text(json.dumps(second))
+    proc = ratios_cli(a, b, "--out", tmp_path / "r.json", "--plot", tmp_path / "r.png")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "r.json").read_text())["ratios"]
+    assert {(r["framework"], r["size"]) for r in rows} == {(r["framework"], r["size"]) for r in first["results"]}
+    for row in rows:
+        peer = row["framework"] in ("torchvision", "gluon_zoo")
+        for key, factor in factors.items():
+            if key == "script" and peer:  # the peers have no train script (--extra's flax row has)
+                assert row[key]["ratio"] is None
+            else:
+                assert row[key]["ratio"] == pytest.approx(factor), (row["framework"], key)
+    assert "bfloat16" in proc.stdout and " 2.00x" in proc.stdout and " 1.25x" in proc.stdout
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+    second["machine"]["cpu"] = "Another CPU"
+    b.write_text(json.dumps(second))
+    proc = ratios_cli(a, b)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "differ in more than what is compared (cpu:" in proc.stderr and "Another CPU" in proc.stderr
+    b.write_text("{}")
+    proc = ratios_cli(a, b)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "cannot read a throughput result there" in proc.stderr
