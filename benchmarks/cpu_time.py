@@ -29,7 +29,7 @@ from pathlib import Path
 from common import PACKAGES
 from common.cli import main_guard
 from common.errors import RunError
-from common.files import write_json
+from common.files import check_writable, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {
@@ -113,6 +113,7 @@ def _main(argv):
     if args.worker:
         print(json.dumps(measure(args.worker[0], args.size, args.precision, args.worker[1], args.steps)))
         return
+    check_writable(args.out)  # before the measurements, not after them
     rows = []
     for _ in range(args.repeat):
         for fw in args.frameworks:

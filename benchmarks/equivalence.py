@@ -37,7 +37,7 @@ import vgg_torch.weights
 from common.arch import make_spec
 from common.cli import main_guard
 from common.data import Loader, load_fashion_mnist
-from common.files import write_atomic
+from common.files import check_writable, write_atomic
 from common.weights import read_spec
 
 
@@ -102,6 +102,7 @@ def _main(argv):
     p.add_argument("--weights", nargs="+", default=[], help="canonical .safetensors files to measure instead of --arch")
     p.add_argument("--out", default="benchmarks/results/equivalence.json")
     args = p.parse_args(argv)
+    check_writable(args.out)  # before the measurements, not after them
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     jax.config.update("jax_default_matmul_precision", "float32")
     data = load_fashion_mnist(args.data_dir)

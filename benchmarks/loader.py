@@ -19,7 +19,7 @@ import numpy as np
 
 from common.cli import main_guard
 from common.data import Loader, load_fashion_mnist
-from common.files import write_atomic
+from common.files import check_writable, write_atomic
 
 
 def measure(images, labels, size, *, batch_size=128, max_batches=None, prefetch=2, normalize=False):
@@ -57,6 +57,7 @@ def _main(argv):
     p.add_argument("--normalize", action="store_true")
     p.add_argument("--out", default="benchmarks/results/loader.json")
     args = p.parse_args(argv)
+    check_writable(args.out)  # before the measurements, not after them
     data = load_fashion_mnist(args.data_dir)
     print(data.describe())
     print(f"batch {args.batch_size}, prefetch {args.prefetch}, {os.cpu_count()} CPUs, numpy {np.__version__}")

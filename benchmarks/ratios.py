@@ -21,7 +21,7 @@ from pathlib import Path
 from common import measure
 from common.cli import main_guard
 from common.errors import RunError, UsageError
-from common.files import write_atomic, write_json
+from common.files import check_writable, write_atomic, write_json
 
 # What must be the same in both runs for a ratio to say something about the one thing that differs.
 SAME_CONFIG = ("arch", "width_ratio", "batch_size", "device")
@@ -177,6 +177,9 @@ def plot(path, a: dict, b: dict, rows: list[dict]) -> None:
 def main(argv=None):
     with main_guard():
         args = parse_args(argv)
+        for flag in ("--out", "--plot"):
+            if getattr(args, flag[2:]):
+                check_writable(getattr(args, flag[2:]), flag)
         a, b = load(args.first), load(args.second)
         check_comparable(a, b)
         rows = ratios(a, b)

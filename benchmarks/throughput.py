@@ -36,7 +36,7 @@ from common.arch import flops_per_example, make_spec, parse_arch
 from common.cli import add_cpu_workarounds_arg, main_guard
 from common.data import SAMPLE_DIR, load_fashion_mnist, sample_dataset
 from common.errors import ArchError, RunError, UsageError
-from common.files import write_json
+from common.files import check_writable, write_json
 
 from .workers import PACKAGES, train_flags
 
@@ -462,6 +462,7 @@ def _main(argv):
         machine = measure.describe(result["machine"], result["matmul"])
         print(f"{result['command']}  ({result['time']})\n{machine}\n{text}")
         return
+    check_writable(args.out)  # before the measurements, not after them
     load_start = os.getloadavg()
     if args.device == "cpu" and load_start[0] > 0.5:
         print(
@@ -577,7 +578,6 @@ def _main(argv):
     text = report(result)
     print(f"\n{measure.describe(result['machine'], result['matmul'])}{text}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     print(f"wrote {out}")
     if any(r.get("cross_check", {}).get("status") == "failed" for r in rows):

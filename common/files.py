@@ -21,6 +21,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import RunError
+
 TMP = ".vgg-tmp"  # the suffix of every temporary name the project makes (files and checkpoint folders)
 
 
@@ -67,6 +69,24 @@ def write_atomic(path, data: bytes | str) -> None:
                 f.write(data.encode() if isinstance(data, str) else data)
         except OSError as e:  # a full disk, a file-size limit: named by the file meant, not the temp file
             raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def check_writable(path, flag: str = "--out") -> None:
+    """Make the folder of the file `path` and prove it can be written (a temp file made and removed
+    there), before any work: a folder given as the file, or a place that cannot be written, is
+    refused now as a RunError naming `flag`, not after minutes of measuring."""
+    path = Path(path)
+    if path.is_dir():
+        raise RunError(f"{flag} {path} is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".write-test.", suffix=TMP)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise RunError(
+            f"{flag}: cannot write in {path.parent} ({e.strerror}); pick a folder you can write to"
+        ) from None
 
 
 def write_json(path, obj) -> None:

@@ -21,7 +21,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from common import PACKAGES, measure
 from common.arch import VGGSpec, make_spec, parse_arch
 from common.cli import main_guard
 from common.errors import ArchError, RunError, UsageError
-from common.files import TMP, write_atomic, write_json
+from common.files import check_writable, write_atomic, write_json
 
 FRAMEWORKS = PACKAGES
 ALIASES = dict(zip(NAMES, PACKAGES))  # torch -> vgg_torch
@@ -558,17 +557,10 @@ def save_picture(path, result) -> None:
 
 
 def _folder(path: Path) -> None:
-    """Make the folder of `path` and prove it can be written (a temp file made and removed there),
-    before any measurement: a read-only --out is refused now, not after minutes of measuring."""
+    """Before any measurement: a read-only --out is refused now, not after minutes of measuring."""
     if path.is_dir():
         raise RunError(f"--out {path} is a folder; give a .json path or a folder that does not hold this name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".write-test.", suffix=TMP)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise RunError(f"--out: cannot write in {path.parent} ({e.strerror}); pick a folder you can write to") from None
+    check_writable(path)
 
 
 def _save(args, result, picture_only=False) -> None:

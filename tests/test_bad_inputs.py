@@ -435,6 +435,30 @@ def test_profile_refuses_a_non_finite_timeout_and_an_out_it_cannot_write(tmp_pat
     )
 
 
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("benchmarks.throughput", ["--sizes", "32", "--frameworks", "vgg_torch"]),
+        ("benchmarks.loader", []),
+        ("benchmarks.equivalence", []),
+        ("benchmarks.cpu_time", []),
+    ],
+)
+def test_benchmarks_refuse_an_out_they_cannot_write_before_measuring(module, args):
+    """Before: each measured for minutes, then ended in a traceback at its final write."""
+    r = cli(module, *args, "--out", "/proc/self/result.json", timeout=120)
+    refused(r, "--out: cannot write in /proc/self")
+    assert "px" not in r.stdout and "images/s" not in r.stdout, r.stdout  # nothing was measured
+
+
+def test_ratios_refuse_a_plot_they_cannot_write(tmp_path):
+    result = ROOT / "benchmarks" / "results" / "throughput_float32_2026-12-06_all.json"
+    refused(
+        cli("benchmarks.ratios", result, result, "--plot", "/proc/self/r.png"), "--plot: cannot write in /proc/self"
+    )
+    refused(cli("benchmarks.ratios", result, result, "--out", tmp_path), f"--out {tmp_path} is a folder")
+
+
 # ---------------------------------------------------------------------------- common.compare, refused up front
 
 
