@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-from pathlib import Path
 
 from common import measure
 from common.cli import main_guard
-from common.errors import RunError, UsageError
+from common.errors import UsageError
 from common.files import check_writable, write_atomic, write_json
+
+from .throughput import read_result
 
 # What must be the same in both runs for a ratio to say something about the one thing that differs.
 SAME_CONFIG = ("arch", "width_ratio", "batch_size", "device")
@@ -47,20 +47,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load(path) -> dict:
-    """A result that benchmarks.throughput wrote, or a RunError that says what is wrong with the file."""
-    try:
-        result = json.loads(Path(path).read_text())
-        if result.get("benchmark") != "throughput" or not isinstance(result.get("results"), list):
-            raise ValueError("it holds no benchmarks.throughput result")
-        return result
-    except (OSError, ValueError, AttributeError) as e:
-        raise RunError(
-            f"{path}: cannot read a throughput result there ({e}); give what `python -m benchmarks.throughput "
-            "--out FILE` wrote"
-        ) from None
-
-
 def figure(row: dict, key: str) -> float | None:
     """One examples/s figure of a result row (None where the run did not make it)."""
     if row.get("status") != "ok":
@@ -74,14 +60,14 @@ def figure(row: dict, key: str) -> float | None:
 
 def check_comparable(a: dict, b: dict) -> None:
     """Refuse two runs whose ratio would mix a change of machine or model into the one of interest."""
-    diff = [k for k in SAME_CONFIG if a["config"].get(k) != b["config"].get(k)]
-    diff += [k for k in SAME_MACHINE if a["machine"].get(k) != b["machine"].get(k)]
+    diff = [
+        f"{k}: {a[part].get(k)} against {b[part].get(k)}"
+        for part, keys in (("config", SAME_CONFIG), ("machine", SAME_MACHINE))
+        for k in keys
+        if a[part].get(k) != b[part].get(k)
+    ]
     if diff:
-        both = "; ".join(
-            f"{k}: {(a['config'] if k in SAME_CONFIG else a['machine']).get(k)} against "
-            f"{(b['config'] if k in SAME_CONFIG else b['machine']).get(k)}"
-            for k in diff
-        )
+        both = "; ".join(diff)
         raise UsageError(f"the two runs differ in more than what is compared ({both}); measure both the same way")
 
 
@@ -177,10 +163,11 @@ def plot(path, a: dict, b: dict, rows: list[dict]) -> None:
 def main(argv=None):
     with main_guard():
         args = parse_args(argv)
-        for flag in ("--out", "--plot"):
-            if getattr(args, flag[2:]):
-                check_writable(getattr(args, flag[2:]), flag)
-        a, b = load(args.first), load(args.second)
+        if args.out:
+            check_writable(args.out, "--out")
+        if args.plot:
+            check_writable(args.plot, "--plot")
+        a, b = read_result(args.first), read_result(args.second)
         check_comparable(a, b)
         rows = ratios(a, b)
         print(text(a, b, rows))

@@ -446,6 +446,25 @@ def table(rows, qs, matmul, cfg) -> str:
     return "\n".join(lines)
 
 
+def read_result(path, flag: str = "") -> dict:
+    """A result that this benchmark wrote (--out), or a RunError that says what is wrong with the file;
+    flag names the option that gave the path in that message."""
+    try:
+        result = json.loads(Path(path).read_text())
+        if (
+            not isinstance(result, dict)
+            or result.get("benchmark") != "throughput"
+            or not isinstance(result.get("results"), list)
+        ):
+            raise ValueError("it holds no benchmarks.throughput result")
+        return result
+    except (OSError, ValueError) as e:
+        raise RunError(
+            f"{flag + ' ' if flag else ''}{path}: cannot read a throughput result there ({e}); give what "
+            "`python -m benchmarks.throughput --out FILE` wrote"
+        ) from None
+
+
 def main(argv=None):
     with main_guard():
         _main(argv)
@@ -454,11 +473,11 @@ def main(argv=None):
 def _main(argv):
     args = parse_args(argv)
     if args.report:
+        result = read_result(args.report, "--report")
         try:
-            result = json.loads(Path(args.report).read_text())
             text = report(result)
-        except (OSError, ValueError, KeyError) as e:
-            raise RunError(f"--report {args.report}: cannot read a throughput result there ({e})") from None
+        except KeyError as e:  # a result with a part missing
+            raise RunError(f"--report {args.report}: cannot read a throughput result there (no {e})") from None
         machine = measure.describe(result["machine"], result["matmul"])
         print(f"{result['command']}  ({result['time']})\n{machine}\n{text}")
         return

@@ -71,13 +71,14 @@ def write_atomic(path, data: bytes | str) -> None:
             raise OSError(e.errno, e.strerror, str(path)) from None
 
 
-def check_writable(path, flag: str = "--out") -> None:
+def check_writable(path, flag: str = "--out", folder_hint: str = "give a file path") -> None:
     """Make the folder of the file `path` and prove it can be written (a temp file made and removed
-    there), before any work: a folder given as the file, or a place that cannot be written, is
-    refused now as a RunError naming `flag`, not after minutes of measuring."""
+    there), before any work: a folder given as the file (the message then ends with folder_hint), or
+    a place that cannot be written, is refused now as a RunError naming `flag`, not after minutes of
+    measuring."""
     path = Path(path)
     if path.is_dir():
-        raise RunError(f"{flag} {path} is a folder; give a file path")
+        raise RunError(f"{flag} {path} is a folder; {folder_hint}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".write-test.", suffix=TMP)

@@ -557,10 +557,8 @@ def save_picture(path, result) -> None:
 
 
 def _folder(path: Path) -> None:
-    """Before any measurement: a read-only --out is refused now, not after minutes of measuring."""
-    if path.is_dir():
-        raise RunError(f"--out {path} is a folder; give a .json path or a folder that does not hold this name")
-    check_writable(path)
+    """Before any measurement: an --out that cannot be written is refused now, not after the measuring."""
+    check_writable(path, folder_hint="give a .json path or a folder that does not hold this name")
 
 
 def _save(args, result, picture_only=False) -> None:
