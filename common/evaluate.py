@@ -4,7 +4,8 @@ accuracy of canonical weights (common.weights), whichever framework wrote them.
 The flags, the checks and the report are defined once here. The model is the train command's:
 each framework's evaluate.py passes its `vgg_X.train.Backend`, built here from the file's spec
 (every other training flag at its default), given the file's weights (`load_canonical`), and
-measured by the training's own evaluation loop (common.training.accuracy, on Backend.predict).
+measured by the training's own evaluation (common.training.evaluation_loader and accuracy, on
+Backend.predict).
 No framework is imported here.
 """
 
@@ -15,9 +16,9 @@ import dataclasses
 
 from .cli import add_cpu_workarounds_arg, check_fits, parse_train_args
 from .contract import TrainConfig
-from .data import Loader, load_fashion_mnist
+from .data import load_fashion_mnist
 from .errors import UsageError, WeightsError
-from .training import accuracy
+from .training import accuracy, evaluation_loader
 from .weights import read_inputs, read_spec
 
 
@@ -77,19 +78,10 @@ def evaluate_main(prog: str, argv, *, framework: str, backend) -> float:
         raise WeightsError(f"{args.weights}: its metadata asks for {h}x{w} px images: {e}") from None
     data = load_fashion_mnist(args.data_dir)
     normalize, pixels = read_inputs(args.weights, metadata)  # the model sees images as in its training
-    model = backend(evaluate_config(args, spec, normalize, pixels))  # --device: the train command's rule
+    config = evaluate_config(args, spec, normalize, pixels)
+    model = backend(config)  # --device: the train command's rule
     model.load_canonical(tensors)
-    loader = Loader(
-        data.test_images,
-        data.test_labels,
-        batch_size=args.batch_size,
-        resize=h,
-        shuffle=False,
-        normalize=normalize,
-        pixels=pixels,
-        shard=model.shard,
-    )
-    acc = accuracy(model, loader)
+    acc = accuracy(model, evaluation_loader(config, data, model.shard))
     print(
         f"{framework} on {model.device}: {spec.name} ({h}x{h} px{', normalised' if normalize else ''}"
         f"{', d2l pixels' if pixels == 'd2l' else ''}) "

@@ -324,7 +324,13 @@ def _loaders(config: TrainConfig, data, shard: tuple[int, int]) -> tuple[Loader,
         augment=config.augment,
         drop_last=True,
     )  # every step sees one batch shape: one compiled program, one graph
-    test = Loader(
+    return train, evaluation_loader(config, data, shard)
+
+
+def evaluation_loader(config: TrainConfig, data, shard: tuple[int, int]) -> Loader:
+    """The test set, in order, as the model saw images in training (resize, normalize, pixels): what
+    each epoch's evaluation reads, and the evaluate commands."""
+    return Loader(
         data.test_images,
         data.test_labels,
         batch_size=config.batch_size,
@@ -334,7 +340,6 @@ def _loaders(config: TrainConfig, data, shard: tuple[int, int]) -> tuple[Loader,
         shuffle=False,
         shard=shard,
     )
-    return train, test
 
 
 def _epochs(config: TrainConfig, s: _Started) -> dict:
