@@ -51,9 +51,17 @@ def ended(p, timeout=600) -> subprocess.CompletedProcess:
 
 
 def train(fw, out, *flags):
-    p = start(fw, out, *flags)
-    stdout, stderr = p.communicate(timeout=600)
-    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
+    return ended(start(fw, out, *flags))
+
+
+def signal_after_epoch_1(p, sig) -> None:
+    """Send sig to a two-epoch run soon after its first epoch's line: during epoch 1's checkpoint or
+    epoch 2's steps."""
+    for line in p.stdout:
+        if line.startswith("epoch 1/2:"):
+            break
+    time.sleep(0.5)
+    p.send_signal(sig)
 
 
 def refused(r, code=2):
@@ -189,13 +197,8 @@ def test_ctrl_c_stops_with_one_line_and_keeps_the_checkpoint(done, tmp_path):
     fw, _ = done
     out = tmp_path / "run"
     p = start(fw, out, "--epochs", "2", "--max-steps", "40")
-    for line in p.stdout:
-        if line.startswith("epoch 1/2:"):
-            break
-    time.sleep(0.5)
-    p.send_signal(signal.SIGINT)
-    stdout, stderr = p.communicate(timeout=120)
-    line = refused(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr), code=130)
+    signal_after_epoch_1(p, signal.SIGINT)
+    line = refused(ended(p, 120), code=130)
     assert "interrupted during" in line and "the last checkpoint (epoch 1) is intact; --resume continues" in line
     import json
 
@@ -312,8 +315,7 @@ def test_overwrite_keeps_the_earlier_run_until_the_first_checkpoint(done, tmp_pa
             break
     time.sleep(1)
     p.send_signal(signal.SIGINT)
-    stdout, stderr = p.communicate(timeout=120)
-    line = refused(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr), code=130)
+    line = refused(ended(p, 120), code=130)
     assert "the earlier run in" in line and "is kept as it was" in line, line
     assert snapshot(out) == before
 
@@ -384,11 +386,7 @@ def test_sigterm_stops_like_ctrl_c(done, tmp_path):
     fw, _ = done
     out = tmp_path / "run"
     p = start(fw, out, "--epochs", "2", "--max-steps", "40")
-    for line in p.stdout:
-        if line.startswith("epoch 1/2:"):
-            break
-    time.sleep(0.5)
-    p.send_signal(signal.SIGTERM)
+    signal_after_epoch_1(p, signal.SIGTERM)
     line = refused(ended(p, 120), code=143)
     assert "terminated (SIGTERM) during" in line and "the last checkpoint (epoch 1) is intact" in line
     m = json.loads((out / "metrics.json").read_text())
@@ -456,11 +454,7 @@ def test_compare_passes_ctrl_c_to_its_child_and_reports(tmp_path):
         text=True,
         preexec_fn=_sigint_default,
     )
-    for line in p.stdout:
-        if line.startswith("epoch 1/2:"):
-            break
-    time.sleep(0.5)
-    p.send_signal(signal.SIGINT)
+    signal_after_epoch_1(p, signal.SIGINT)
     r = ended(p, 300)
     lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr[-3000:]
